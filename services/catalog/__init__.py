@@ -1,0 +1,1 @@
+"""catalog: merchants, products, prices and per-product commission rules."""

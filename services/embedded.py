@@ -1,0 +1,86 @@
+"""Embedded mode: all five services in one process on one port, SQLite files under ./var and
+the in-process bus. ``make run`` starts it; tests build it with ``build_embedded``."""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from shared.bus import MemoryBus
+from shared.config import SERVICES, load_settings
+from shared.worker import EmbeddedHub
+
+log = logging.getLogger("linkshop.embedded")
+
+
+class PrefixDispatcher:
+    """Routes by the first path segment (``/delivery/...``) to that service's app, unchanged."""
+
+    def __init__(self, apps: dict):
+        self.apps = apps
+        self.default = apps["catalog"]
+
+    def __call__(self, environ, start_response):
+        first = environ.get("PATH_INFO", "/").lstrip("/").split("/", 1)[0]
+        return self.apps.get(first, self.default)(environ, start_response)
+
+
+@dataclass
+class Embedded:
+    apps: dict
+    hub: EmbeddedHub
+    bus: MemoryBus
+    wsgi: PrefixDispatcher
+    settings: dict
+
+
+def build_embedded(env: dict | None = None) -> Embedded:
+    env = dict(os.environ if env is None else env)
+    env.setdefault("BUS_URL", "memory://")
+    settings = {svc: load_settings(svc, env) for svc in SERVICES}
+    first = settings["catalog"]
+    bus = MemoryBus(first.bus_retry_delays_ms, first.bus_max_attempts)
+    apps, specs = {}, []
+    for svc in SERVICES:
+        app_module = importlib.import_module(f"services.{svc}.app")
+        worker_module = importlib.import_module(f"services.{svc}.worker")
+        db = app_module.open_database(settings[svc])
+        db.create_all()
+        apps[svc] = app_module.create_app(settings[svc], db=db, bus=bus)
+        specs.append(worker_module.build_worker(settings[svc], db=db))
+    hub = EmbeddedHub(specs, bus)
+    return Embedded(apps=apps, hub=hub, bus=bus, wsgi=PrefixDispatcher(apps), settings=settings)
+
+
+def banner(embedded: Embedded, url: str) -> str:
+    s = embedded.settings["catalog"]
+    lines = [f"Linkshop (embedded) on {url}", f"  data: {os.path.dirname(s.database_url.removeprefix('sqlite:///')) or '.'}/*.db, bus: in-process"]
+    if s.generated:
+        lines += ["", "  !!! DEV SECRETS: " + ", ".join(s.generated) + " were generated for this machine",
+                  "  !!! (kept in var/dev-secrets.json). Never use them in production.",
+                  f"  admin token (generated dev value): {s.admin_token}"]
+    else:
+        lines.append("  admin token: from LINKSHOP_ADMIN_TOKEN")
+    if s.sandbox_secret == "sandbox-secret":
+        lines.append("  sandbox payments: signed with the dev default 'sandbox-secret'")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from werkzeug.serving import run_simple
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", 8080))
+    embedded = build_embedded()
+    embedded.hub.start()
+    print(banner(embedded, f"http://{host}:{port}"), file=sys.stderr, flush=True)
+    run_simple(host, port, embedded.wsgi, threaded=True, use_reloader=False)
+    embedded.hub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Operator commands: ``python -m services.manage migrate [service ...]``.
+
+Real-mode services never create their tables themselves; this (or the Kubernetes Job that
+runs it) does, once, before they start.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shared.config import SERVICES, load_settings
+
+
+def migrate(services: list[str]) -> None:
+    for service in services:
+        app_module = importlib.import_module(f"services.{service}.app")
+        settings = load_settings(service)
+        db = app_module.open_database(settings)
+        db.create_all()
+        db.dispose()
+        print(f"{service}: schema up to date ({db.engine.url.render_as_string(hide_password=True)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.manage")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("migrate", help="create or upgrade each service's schema")
+    cmd.add_argument("services", nargs="*", metavar="SERVICE", help=", ".join(SERVICES))
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        migrate(args.services or list(SERVICES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

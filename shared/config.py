@@ -1,0 +1,128 @@
+"""Configuration from the environment (design.md §9).
+
+Embedded mode (no BUS_URL or ``memory://``) may generate dev secrets; they are kept in
+``var/dev-secrets.json`` so a restart can still decrypt the vault, and reported loudly.
+Real mode refuses to start without them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("catalog", "delivery", "referral", "payout", "risk")
+SERVICE_PORTS = {"catalog": 8081, "delivery": 8082, "referral": 8083, "payout": 8084, "risk": 8085}
+GENERATED_SECRETS = ("LINKSHOP_ADMIN_TOKEN", "LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET")
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    database_url: str
+    bus_url: str
+    admin_token: str
+    vault_key: str
+    token_secret: str
+    sandbox_secret: str | None
+    hold_seconds: int
+    reservation_seconds: int
+    trusted_proxies: frozenset[str]
+    public_url: str
+    bus_retry_delays_ms: tuple[int, ...]
+    bus_max_attempts: int
+    relay_interval_s: float
+    stock_sync_interval_s: float
+    stock_low_floor: int
+    lookup_rate_per_minute: int
+    risk_required: bool
+    generated: tuple[str, ...] = field(default=())
+
+    @property
+    def embedded(self) -> bool:
+        return self.bus_url.startswith("memory://")
+
+
+def _var_dir(env) -> Path:
+    path = Path(env.get("LINKSHOP_VAR_DIR", "var"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _dev_secrets(env) -> dict[str, str]:
+    """Dev secrets for embedded mode, made once and reused so the vault stays readable."""
+    path = _var_dir(env) / "dev-secrets.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        stored = {}
+    changed = False
+    for name in GENERATED_SECRETS:
+        if name not in stored:
+            stored[name] = secrets.token_urlsafe(32)
+            changed = True
+    if changed:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return stored
+
+
+def _ints(raw: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in raw.split(",") if part.strip())
+
+
+def load_settings(service: str, env: os._Environ | dict | None = None) -> Settings:
+    env = os.environ if env is None else env
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}")
+    bus_url = env.get("BUS_URL", "memory://")
+    embedded = bus_url.startswith("memory://")
+    database_url = (
+        env.get(f"{service.upper()}_DATABASE_URL")
+        or env.get("DATABASE_URL")
+        or f"sqlite:///{_var_dir(env) / (service + '.db')}"
+    )
+    generated = []
+    values = {}
+    dev = None
+    for name in GENERATED_SECRETS:
+        value = env.get(name)
+        if not value:
+            if not embedded:
+                raise ConfigError(f"{name} must be set in real mode (BUS_URL={bus_url.split('@')[-1]})")
+            dev = dev or _dev_secrets(env)
+            value = dev[name]
+            generated.append(name)
+        values[name] = value
+    sandbox_secret = env.get("LINKSHOP_SANDBOX_SECRET") or ("sandbox-secret" if embedded else None)
+    if env.get("LINKSHOP_SANDBOX_ENABLED", "true").lower() in ("0", "false", "no"):
+        sandbox_secret = None
+    port = SERVICE_PORTS[service]
+    return Settings(
+        service=service,
+        database_url=database_url,
+        bus_url=bus_url,
+        admin_token=values["LINKSHOP_ADMIN_TOKEN"],
+        vault_key=values["LINKSHOP_VAULT_KEY"],
+        token_secret=values["LINKSHOP_TOKEN_SECRET"],
+        sandbox_secret=sandbox_secret,
+        hold_seconds=int(env.get("LINKSHOP_HOLD_SECONDS", 604800)),
+        reservation_seconds=int(env.get("LINKSHOP_RESERVATION_SECONDS", 900)),
+        trusted_proxies=frozenset(p.strip() for p in env.get("LINKSHOP_TRUSTED_PROXIES", "").split(",") if p.strip()),
+        public_url=env.get("LINKSHOP_PUBLIC_URL", "http://127.0.0.1:8080" if embedded else f"http://127.0.0.1:{port}"),
+        bus_retry_delays_ms=_ints(env.get("BUS_RETRY_DELAYS_MS", "1000,5000,30000,120000")),
+        bus_max_attempts=int(env.get("BUS_MAX_ATTEMPTS", 12)),
+        relay_interval_s=float(env.get("LINKSHOP_RELAY_INTERVAL_S", 0.05)),
+        stock_sync_interval_s=float(env.get("LINKSHOP_STOCK_SYNC_INTERVAL_S", 1.0)),
+        stock_low_floor=int(env.get("LINKSHOP_STOCK_LOW_FLOOR", 10)),
+        lookup_rate_per_minute=int(env.get("LINKSHOP_LOOKUP_RATE_PER_MINUTE", 10)),
+        risk_required=env.get("LINKSHOP_RISK_REQUIRED", "false").lower() in ("1", "true", "yes"),
+        generated=tuple(generated),
+    )

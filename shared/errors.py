@@ -1,0 +1,66 @@
+"""JSON errors: ``{"error": {"code", "message", "fields"}}`` for every 4xx and 5xx."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("linkshop.errors")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or {}
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def error_response(status: int, code: str, message: str, fields: dict | None = None):
+    response = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
+    response.status_code = status
+    return response
+
+
+def load_json(schema: Schema, *, partial: bool = False) -> dict:
+    """Parse and validate the request body; unknown fields are refused (422)."""
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    try:
+        return schema.load(data, partial=partial)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid", "the request has invalid fields", exc.messages) from None
+
+
+def load_args(schema: Schema) -> dict:
+    try:
+        return schema.load(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(422, "invalid", "the query has invalid parameters", exc.messages) from None
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.fields)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        # The body is never logged: it may carry card secrets.
+        log.exception("unhandled error on %s %s", request.method, request.url_rule)
+        return error_response(500, "internal", "internal error")
