@@ -39,6 +39,8 @@ class Database:
         try:
             yield session
             session.commit()
+            for callback in session.info.pop("after_commit", ()):
+                callback()
         except BaseException:
             session.rollback()
             raise
@@ -85,6 +87,11 @@ def _configure_sqlite(engine) -> None:
     def _on_begin(conn):
         write = conn.get_execution_options().get("linkshop_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def after_commit(session: Session, callback) -> None:
+    """Run ``callback`` once the write transaction commits (metrics, never money)."""
+    session.info.setdefault("after_commit", []).append(callback)
 
 
 def is_postgres(session: Session) -> bool:

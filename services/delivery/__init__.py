@@ -1,1 +1,1 @@
-"""delivery: order screening, self-referral and ring detection, withdrawal review (skeleton until its issue lands)."""
+"""delivery: the encrypted card-key vault, orders, payments, allocation and delivery to buyers."""

@@ -1,7 +1,17 @@
-from sqlalchemy.orm import DeclarativeBase
+from __future__ import annotations
 
+from datetime import datetime
+
+from sqlalchemy import (BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint, text)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import UtcDateTime
+from shared.idempotency import idempotency_table
 from shared.inbox import inbox_table
 from shared.outbox import Outbox
+
+BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite only auto-increments INTEGER keys
 
 
 class Base(DeclarativeBase):
@@ -10,3 +20,146 @@ class Base(DeclarativeBase):
 
 outbox = Outbox(Base.metadata, producer="delivery")
 inbox = inbox_table(Base.metadata)
+idempotency = idempotency_table(Base.metadata)
+
+
+class Product(Base):
+    """Projection of catalog's product: what an order is priced and limited by."""
+    __tablename__ = "products"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(String(40), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    price_cents: Mapped[int] = mapped_column(Integer)
+    cost_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(20))
+    max_per_order: Mapped[int] = mapped_column(Integer)
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class MerchantKey(Base):
+    """Projection of catalog's merchant API key hashes, for merchant routes."""
+    __tablename__ = "merchant_keys"
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(String(40), index=True)
+
+
+class Merchant(Base):
+    __tablename__ = "merchants"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class CardKey(Base):
+    """A secret in the vault; its status follows from where it is referenced: in the pool it
+    is available, in an order it is reserved or sold, with ``retired_at`` never sold again."""
+    __tablename__ = "card_keys"
+    __table_args__ = (UniqueConstraint("product_id", "fingerprint", name="uq_card_keys_fingerprint"),
+                      Index("ix_card_keys_reusable", "product_id", "reusable"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    product_id: Mapped[str] = mapped_column(String(40))
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    reusable: Mapped[bool] = mapped_column(Boolean, default=False)
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class KeyPool(Base):
+    """Only the unsold one-time keys: claiming never steps over sold rows."""
+    __tablename__ = "key_pool"
+    __table_args__ = (Index("ix_key_pool_product", "product_id", "key_id"),)
+    key_id: Mapped[int] = mapped_column(ForeignKey("card_keys.id"), primary_key=True, autoincrement=False)
+    product_id: Mapped[str] = mapped_column(String(40))
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_status_expiry", "status", "expires_at"),
+                      Index("ix_orders_product_delivered", "product_id", "delivered_at"),
+                      Index("ix_orders_awaiting", "product_id", "status", "paid_at"))
+    order_no: Mapped[str] = mapped_column(String(32), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(40))
+    merchant_id: Mapped[str] = mapped_column(String(40))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_cents: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    cost_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    email: Mapped[str] = mapped_column(String(254), index=True)
+    status: Mapped[str] = mapped_column(String(24))
+    provider: Mapped[str] = mapped_column(String(32))
+    access_token_hash: Mapped[str] = mapped_column(String(64))
+    query_password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    ref_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    buyer_user_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    risk_decision: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    refunded_quantity: Mapped[int] = mapped_column(Integer, default=0)
+    refunded_cents: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class OrderKey(Base):
+    """A key reserved for or sold to an order. A one-time key appears here at most once
+    (partial unique index): the database itself refuses to sell one key twice."""
+    __tablename__ = "order_keys"
+    __table_args__ = (
+        Index("uq_order_keys_one_time", "key_id", unique=True,
+              postgresql_where=text("NOT reusable"), sqlite_where=text("NOT reusable")),
+        Index("ix_order_keys_order", "order_no", "position"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(ForeignKey("orders.order_no"))
+    position: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[int] = mapped_column(ForeignKey("card_keys.id"))
+    reusable: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (UniqueConstraint("provider", "txn_id", name="uq_payments_txn"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    txn_id: Mapped[str] = mapped_column(String(128))
+    order_no: Mapped[str] = mapped_column(ForeignKey("orders.order_no"), index=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    # applied: paid the order; duplicate: a second payment of a paid order (to refund by hand)
+    status: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(ForeignKey("orders.order_no"), index=True)
+    quantity: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class StockState(Base):
+    """The last stock figures announced per product, so only changes are published."""
+    __tablename__ = "stock_state"
+    product_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    available: Mapped[int] = mapped_column(Integer)
+    unlimited: Mapped[bool] = mapped_column(Boolean)
+    low: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RateLimit(Base):
+    """Fixed-window counters shared by every API process (order look-ups)."""
+    __tablename__ = "rate_limits"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigId)
+    count: Mapped[int] = mapped_column(Integer)

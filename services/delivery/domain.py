@@ -1,0 +1,457 @@
+"""Delivery rules, free of Flask: reservation, payment, allocation, expiry, refunds.
+
+A one-time key is claimed by deleting it from ``key_pool`` (PostgreSQL: ``FOR UPDATE SKIP
+LOCKED``, SQLite: the one writer), and the claimed count is checked against what was asked:
+two buyers can never claim the same row, and a partial claim rolls back. ``order_keys``
+carries a unique index on one-time keys as the last line of defence.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import metrics
+from shared.auth import hash_secret
+from shared.db import after_commit, is_postgres
+
+from .models import (CardKey, KeyPool, Merchant, MerchantKey, Order, OrderKey, Payment, Product,
+                     RateLimit, Refund, StockState, outbox)
+from .vault import Vault
+
+PAID_STATUSES = ("paid", "awaiting_stock", "delivered", "partially_refunded")
+MAX_SECRET_LENGTH = 4096
+
+
+class Refused(Exception):
+    """A request the rules refuse; the API turns it into a 4xx JSON error."""
+
+    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+
+# -- projections -----------------------------------------------------------------------------
+
+def upsert_product(session: Session, p: dict) -> None:
+    """Events may be redelivered or reordered: only a newer version replaces an older one."""
+    product = session.get(Product, p["product_id"], with_for_update=True)
+    if product is not None and product.version >= p["version"]:
+        return
+    if product is None:
+        product = Product(id=p["product_id"])
+        session.add(product)
+    product.merchant_id = p["merchant_id"]
+    product.title = p["title"]
+    product.price_cents = p["price_cents"]
+    product.cost_cents = p.get("cost_cents", 0)
+    product.currency = p["currency"]
+    product.status = p["status"]
+    product.max_per_order = p["max_per_order"]
+    product.instructions = p.get("instructions", "")
+    product.version = p["version"]
+
+
+def upsert_merchant(session: Session, p: dict) -> None:
+    merchant = session.get(Merchant, p["merchant_id"], with_for_update=True)
+    if merchant is not None and merchant.version >= p["version"]:
+        return
+    if merchant is None:
+        merchant = Merchant(id=p["merchant_id"])
+        session.add(merchant)
+    merchant.status, merchant.version = p["status"], p["version"]
+    session.execute(delete(MerchantKey).where(MerchantKey.merchant_id == merchant.id))
+    if p["status"] == "active" and p["api_key_hashes"]:
+        session.execute(insert(MerchantKey), [{"key_hash": h, "merchant_id": merchant.id}
+                                              for h in p["api_key_hashes"]])
+
+
+def merchant_for_token(session: Session, token: str | None) -> str | None:
+    if not token:
+        return None
+    return session.scalar(select(MerchantKey.merchant_id).where(MerchantKey.key_hash == hash_secret(token)))
+
+
+# -- the vault -------------------------------------------------------------------------------
+
+def import_keys(session: Session, vault: Vault, settings, product: Product, raw_keys: list,
+                reusable: bool, now: datetime) -> dict:
+    rejected = duplicates = 0
+    fresh: dict[str, str] = {}
+    for raw in raw_keys:
+        secret = raw.strip() if isinstance(raw, str) else ""
+        if not secret or len(secret) > MAX_SECRET_LENGTH or any(ord(ch) < 32 for ch in secret):
+            rejected += 1
+            continue
+        fingerprint = vault.fingerprint(product.id, secret)
+        if fingerprint in fresh:
+            duplicates += 1
+            continue
+        fresh[fingerprint] = secret
+    known: set[str] = set()
+    fingerprints = list(fresh)
+    for start in range(0, len(fingerprints), 5000):
+        chunk = fingerprints[start:start + 5000]
+        known.update(session.scalars(select(CardKey.fingerprint).where(
+            CardKey.product_id == product.id, CardKey.fingerprint.in_(chunk))))
+    rows = [{"product_id": product.id, "secret": vault.encrypt(product.id, secret), "fingerprint": fp,
+             "reusable": reusable, "created_at": now}
+            for fp, secret in fresh.items() if fp not in known]
+    duplicates += len(fresh) - len(rows)
+    if rows:
+        ids = session.scalars(insert(CardKey).returning(CardKey.id, sort_by_parameter_order=True), rows).all()
+        if not reusable:
+            session.execute(insert(KeyPool), [{"key_id": key_id, "product_id": product.id} for key_id in ids])
+        fill_awaiting_orders(session, settings, product.id, now)
+    return {"imported": len(rows), "duplicates": duplicates, "rejected": rejected}
+
+
+def claim_keys(session: Session, product_id: str, count: int) -> list[int]:
+    """Take up to ``count`` unsold keys out of the pool, oldest first; the caller checks the count."""
+    pool = KeyPool.__table__
+    candidates = select(pool.c.key_id).where(pool.c.product_id == product_id) \
+        .order_by(pool.c.key_id).limit(count)
+    if is_postgres(session):
+        candidates = candidates.with_for_update(skip_locked=True)
+    return list(session.scalars(delete(pool).where(pool.c.key_id.in_(candidates.scalar_subquery()))
+                                .returning(pool.c.key_id)))
+
+
+def reusable_key_ids(session: Session, product_id: str) -> list[int]:
+    return list(session.scalars(select(CardKey.id).where(
+        CardKey.product_id == product_id, CardKey.reusable.is_(True), CardKey.retired_at.is_(None))
+        .order_by(CardKey.id)))
+
+
+def _allocate(session: Session, order: Order, positions: list[int]) -> bool:
+    """Give the order keys for ``positions``: all of them, or none (False)."""
+    reusable = reusable_key_ids(session, order.product_id)
+    if reusable:
+        rows = [{"order_no": order.order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
+                 "reusable": True, "active": True} for pos in positions]
+    else:
+        savepoint = session.begin_nested()
+        ids = claim_keys(session, order.product_id, len(positions))
+        if len(ids) < len(positions):
+            savepoint.rollback()
+            return False
+        savepoint.commit()
+        rows = [{"order_no": order.order_no, "position": pos, "key_id": key_id, "reusable": False,
+                 "active": True} for pos, key_id in zip(positions, ids)]
+    session.execute(insert(OrderKey), rows)
+    return True
+
+
+def release_keys(session: Session, order: Order) -> None:
+    """Return an unsold order's one-time keys to the pool (never a retired one)."""
+    rows = session.execute(select(OrderKey.id, OrderKey.key_id, OrderKey.reusable, CardKey.retired_at)
+                           .join(CardKey, CardKey.id == OrderKey.key_id)
+                           .where(OrderKey.order_no == order.order_no, OrderKey.active.is_(True))).all()
+    if not rows:
+        return
+    session.execute(delete(OrderKey).where(OrderKey.id.in_([r.id for r in rows])))
+    back = [{"key_id": r.key_id, "product_id": order.product_id}
+            for r in rows if not r.reusable and r.retired_at is None]
+    if back:
+        session.execute(insert(KeyPool), back)
+
+
+def active_keys(session: Session, order_no: str) -> list[OrderKey]:
+    return list(session.scalars(select(OrderKey).where(OrderKey.order_no == order_no, OrderKey.active.is_(True))
+                                .order_by(OrderKey.position)))
+
+
+def reveal_keys(session: Session, vault: Vault, order: Order) -> list[str]:
+    rows = session.execute(select(CardKey.secret).join(OrderKey, OrderKey.key_id == CardKey.id)
+                           .where(OrderKey.order_no == order.order_no, OrderKey.active.is_(True))
+                           .order_by(OrderKey.position)).scalars()
+    return [vault.decrypt(order.product_id, blob) for blob in rows]
+
+
+# -- orders ----------------------------------------------------------------------------------
+
+def new_order_no(now: datetime) -> str:
+    return f"{now:%y%m%d%H%M%S}{secrets.randbelow(10**8):08d}"
+
+
+def hash_query_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
+
+
+def check_query_password(password: str, stored: str | None) -> bool:
+    if not stored:
+        return False
+    _, n, r, p, salt, digest = stored.split("$")
+    candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+def create_order(session: Session, settings, data: dict, client: dict, provider: str,
+                 now: datetime) -> tuple[Order, str]:
+    product = session.get(Product, data["product_id"])
+    if product is None or product.status != "active":
+        raise Refused(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
+    quantity = data["quantity"]
+    if quantity > product.max_per_order:
+        raise Refused(422, "invalid", f"at most {product.max_per_order} per order",
+                      {"quantity": [f"must be at most {product.max_per_order}"]})
+    token = secrets.token_urlsafe(24)
+    order = Order(
+        order_no=new_order_no(now), product_id=product.id, merchant_id=product.merchant_id,
+        quantity=quantity, unit_price_cents=product.price_cents,
+        amount_cents=product.price_cents * quantity, cost_cents=product.cost_cents * quantity,
+        currency=product.currency, email=data["email"].strip().lower(), status="pending",
+        provider=provider, access_token_hash=hash_secret(token),
+        query_password_hash=data.get("query_password_hash"),
+        ref_code=data.get("ref_code"), buyer_user_id=data.get("buyer_user_id"),
+        client_ip=client.get("ip"), device_id=data.get("device_id"), user_agent=client.get("user_agent"),
+        refunded_quantity=0, refunded_cents=0, created_at=now,
+        expires_at=now + timedelta(seconds=settings.reservation_seconds))
+    session.add(order)
+    session.flush()
+    if not _allocate(session, order, list(range(quantity))):
+        raise Refused(409, "out_of_stock", "not enough keys in stock for this order")
+    outbox.add(session, "delivery.order.created", {
+        "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
+        "quantity": quantity, "amount_cents": order.amount_cents, "currency": order.currency,
+        "email": order.email, "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
+        "client": {"ip": order.client_ip, "device_id": order.device_id, "user_agent": order.user_agent},
+        "created_at": now.isoformat(),
+    }, order.order_no)
+    after_commit(session, lambda: metrics.orders.labels("pending").inc())
+    return order, token
+
+
+def expire_reservations(session: Session, now: datetime, limit: int = 500) -> int:
+    query = select(Order).where(Order.status == "pending", Order.expires_at < now) \
+        .order_by(Order.expires_at).limit(limit)
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    orders = session.scalars(query).all()
+    for order in orders:
+        order.status = "expired"
+        release_keys(session, order)
+    if orders:
+        after_commit(session, lambda n=len(orders): metrics.orders.labels("expired").inc(n))
+    return len(orders)
+
+
+# -- payment and fulfilment ------------------------------------------------------------------
+
+def risk_gate(order: Order, settings) -> str:
+    """The seam where risk plugs in (design §5): approve, review, reject, or wait for it."""
+    if order.risk_decision in ("approve", "review", "reject"):
+        return order.risk_decision
+    return "wait" if settings.risk_required else "approve"
+
+
+def _reject_callback(provider: str, reason: str, status: int, code: str, message: str):
+    metrics.payment_callbacks_rejected.labels(provider, reason).inc()
+    return Refused(status, code, message)
+
+
+def apply_payment(session: Session, settings, provider: str, notice, now: datetime) -> str:
+    """Apply a verified payment notice under a lock on the order row; returns the outcome."""
+    order = session.scalar(select(Order).where(Order.order_no == notice.order_no).with_for_update())
+    if order is None:
+        raise _reject_callback(provider, "unknown_order", 404, "not_found", "order not found")
+    if order.provider != provider:
+        raise _reject_callback(provider, "wrong_provider", 422, "wrong_provider",
+                               "the order was not created for this provider")
+    if notice.status != "paid":
+        return "ignored"
+    if session.scalar(select(Payment.id).where(Payment.provider == provider, Payment.txn_id == notice.txn_id)):
+        metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
+        return "replay"
+    if notice.amount_cents != order.amount_cents or notice.currency != order.currency:
+        raise _reject_callback(provider, "amount_mismatch", 422, "amount_mismatch",
+                               "amount or currency does not match the order")
+    payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
+    session.add(Payment(provider=provider, txn_id=notice.txn_id, order_no=order.order_no,
+                        amount_cents=notice.amount_cents, currency=notice.currency,
+                        status="applied" if payable else "duplicate", received_at=now))
+    if not payable:
+        # A second payment of a paid order: recorded for the merchant to refund, never delivered again.
+        metrics.payment_callbacks_rejected.labels(provider, "duplicate_payment").inc()
+        return "duplicate_payment"
+    order.status, order.paid_at = "paid", now
+    outbox.add(session, "delivery.order.paid", {
+        "order_no": order.order_no, "amount_cents": order.amount_cents, "currency": order.currency,
+        "provider": provider, "provider_txn_id": notice.txn_id, "paid_at": now.isoformat(),
+    }, order.order_no)
+    after_commit(session, lambda: metrics.orders.labels("paid").inc())
+    fulfil(session, settings, order, now)
+    return order.status
+
+
+def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
+    """Deliver a paid order if risk allows and keys are there; else leave it waiting."""
+    if order.status not in ("paid", "awaiting_stock"):
+        return
+    gate = risk_gate(order, settings)
+    if gate == "reject":
+        refund(session, order, None, "rejected by risk review", now, final_status="rejected")
+        return
+    if gate != "approve":
+        return
+    held = {row.position for row in active_keys(session, order.order_no)}
+    missing = [pos for pos in range(order.quantity) if pos not in held]
+    if missing and not _allocate(session, order, missing):
+        if order.status != "awaiting_stock":
+            order.status = "awaiting_stock"
+            after_commit(session, lambda: metrics.orders.labels("awaiting_stock").inc())
+        return
+    order.status, order.delivered_at = "delivered", now
+    outbox.add(session, "delivery.order.delivered", {
+        "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
+        "quantity": order.quantity, "amount_cents": order.amount_cents, "cost_cents": order.cost_cents,
+        "currency": order.currency, "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
+        "email": order.email, "paid_at": order.paid_at.isoformat(), "delivered_at": now.isoformat(),
+    }, order.order_no)
+    latency = (now - order.paid_at).total_seconds()
+
+    def observe():
+        metrics.orders.labels("delivered").inc()
+        metrics.delivery_latency.observe(latency)
+    after_commit(session, observe)
+
+
+def fill_awaiting_orders(session: Session, settings, product_id: str, now: datetime) -> int:
+    """Deliver orders paid while stock was out, first paid first served."""
+    query = select(Order).where(Order.product_id == product_id, Order.status == "awaiting_stock") \
+        .order_by(Order.paid_at).with_for_update()
+    delivered = 0
+    for order in session.scalars(query).all():
+        fulfil(session, settings, order, now)
+        if order.status != "delivered":
+            break
+        delivered += 1
+    return delivered
+
+
+def apply_risk_decision(session: Session, settings, payload: dict, now: datetime) -> None:
+    from shared.inbox import NotReady
+    order = session.scalar(select(Order).where(Order.order_no == payload["order_no"]).with_for_update())
+    if order is None:
+        raise NotReady(f"order {payload['order_no']} not seen yet")
+    if order.risk_decision not in (None, "review"):
+        return  # a final decision stands; a late or repeated one changes nothing
+    order.risk_decision = payload["decision"]
+    if order.risk_decision == "reject" and order.status == "pending":
+        order.status = "rejected"
+        release_keys(session, order)
+    else:
+        fulfil(session, settings, order, now)
+
+
+# -- after-sale ------------------------------------------------------------------------------
+
+def replace_key(session: Session, order: Order, key_index: int, now: datetime) -> None:
+    if order.status not in ("delivered", "partially_refunded"):
+        raise Refused(409, "not_delivered", "only a delivered order's keys can be replaced")
+    rows = active_keys(session, order.order_no)
+    if key_index >= len(rows):
+        raise Refused(422, "invalid", "no such key in this order", {"key_index": [f"must be below {len(rows)}"]})
+    row = rows[key_index]
+    if row.reusable:
+        raise Refused(409, "reusable_key", "a shared (reusable) key cannot be swapped for a fresh one")
+    ids = claim_keys(session, order.product_id, 1)
+    if not ids:
+        raise Refused(409, "out_of_stock", "no fresh key in stock to replace it with")
+    row.active = False
+    session.get(CardKey, row.key_id).retired_at = now
+    session.add(OrderKey(order_no=order.order_no, position=row.position, key_id=ids[0], reusable=False, active=True))
+
+
+def refund(session: Session, order: Order, quantity: int | None, reason: str, now: datetime,
+           final_status: str | None = None) -> Refund:
+    if order.status not in PAID_STATUSES:
+        raise Refused(409, "not_refundable", f"an order that is {order.status} cannot be refunded")
+    remaining = order.quantity - order.refunded_quantity
+    quantity = remaining if quantity is None else quantity
+    if quantity > remaining:
+        raise Refused(422, "invalid", f"only {remaining} keys left to refund", {"quantity": [f"at most {remaining}"]})
+    delivered = order.delivered_at is not None
+    if not delivered:
+        if quantity != remaining:
+            raise Refused(422, "invalid", "an undelivered order is refunded whole", {"quantity": ["refund all of it"]})
+        release_keys(session, order)
+    total_quantity = order.refunded_quantity + quantity
+    # Cumulative rounding: the last refund takes the remainder, so refunds add up to the amount.
+    total_cents = order.amount_cents * total_quantity // order.quantity
+    amount = total_cents - order.refunded_cents
+    order.refunded_quantity, order.refunded_cents = total_quantity, total_cents
+    order.status = final_status or ("refunded" if total_quantity == order.quantity else "partially_refunded")
+    record = Refund(order_no=order.order_no, quantity=quantity, amount_cents=amount, reason=reason, created_at=now)
+    session.add(record)
+    session.flush()
+    outbox.add(session, "delivery.order.refunded", {
+        "order_no": order.order_no, "refund_id": record.id, "product_id": order.product_id,
+        "merchant_id": order.merchant_id, "amount_cents": amount, "quantity": quantity,
+        "currency": order.currency, "reason": reason, "delivered": delivered,
+        "total_refunded_cents": total_cents, "total_refunded_quantity": total_quantity,
+        "refunded_at": now.isoformat(),
+    }, order.order_no)
+    after_commit(session, lambda s=order.status: metrics.orders.labels(s).inc())
+    return record
+
+
+# -- stock -----------------------------------------------------------------------------------
+
+def sync_stock(session: Session, floor: int, now: datetime) -> int:
+    """Announce each product's stock when it changed, and low stock when it crosses the
+    threshold: the last 7 days' sales (average daily sales × 7), at least ``floor``."""
+    counts = dict(session.execute(select(KeyPool.product_id, func.count()).group_by(KeyPool.product_id)).all())
+    unlimited = set(session.scalars(select(CardKey.product_id).where(
+        CardKey.reusable.is_(True), CardKey.retired_at.is_(None)).distinct()))
+    week_ago = now - timedelta(days=7)
+    sold = dict(session.execute(select(Order.product_id, func.sum(Order.quantity)).where(
+        Order.delivered_at >= week_ago).group_by(Order.product_id)).all())
+    states = {s.product_id: s for s in session.scalars(select(StockState).with_for_update())}
+    published = 0
+    for product_id in session.scalars(select(Product.id)):
+        available, is_unlimited = counts.get(product_id, 0), product_id in unlimited
+        metrics.stock_available.labels(product_id).set(available)
+        threshold = max(floor, int(sold.get(product_id) or 0))
+        low = not is_unlimited and available < threshold
+        state = states.get(product_id)
+        if state is None:
+            state = StockState(product_id=product_id, available=-1, unlimited=False, low=False)
+            session.add(state)
+        if (state.available, state.unlimited) != (available, is_unlimited):
+            outbox.add(session, "delivery.stock.changed", {
+                "product_id": product_id, "available": available, "unlimited": is_unlimited,
+                "low": low, "as_of": now.isoformat()}, product_id)
+            published += 1
+        if low and not state.low:
+            outbox.add(session, "delivery.stock.low", {
+                "product_id": product_id, "available": available, "threshold": threshold,
+                "as_of": now.isoformat()}, product_id)
+            published += 1
+        state.available, state.unlimited, state.low = available, is_unlimited, low
+    return published
+
+
+def rate_limited(session: Session, key: str, limit: int, now: datetime, window_s: int = 60) -> bool:
+    """Count one hit in a fixed window shared by every API process; True once over ``limit``."""
+    window = int(now.timestamp()) // window_s
+    row = session.get(RateLimit, key, with_for_update=True)
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(RateLimit(key=key, window_start=window, count=0))
+        except IntegrityError:  # another process created it first: take its row
+            pass
+        row = session.get(RateLimit, key, with_for_update=True, populate_existing=True)
+    if row.window_start != window:
+        row.window_start, row.count = window, 0
+    row.count += 1
+    session.flush()
+    return row.count > limit
