@@ -1,0 +1,118 @@
+import json
+import logging
+
+from sqlalchemy import select
+
+from services.delivery.models import Product, outbox
+from shared.events import make_envelope
+
+
+def _events(shop):
+    db = shop.system.apps["delivery"].extensions["linkshop"].db
+    with db.read() as s:
+        return [json.loads(b) for b in s.scalars(select(outbox.table.c.body).order_by(outbox.table.c.id))]
+
+
+def test_purchase_publishes_the_catalogued_events(shop):
+    merchant, merchant_id = shop.merchant()
+    pid = shop.product(merchant, price_cents=500, cost_cents=200)
+    shop.import_keys(merchant, pid, ["K1", "K2"])
+    order = shop.buy(pid, quantity=2, ref_code="INV123", device_id="dev-1")
+    types = [e["type"] for e in _events(shop)]
+    assert types == ["delivery.order.created", "delivery.order.paid", "delivery.order.delivered"]
+    created, paid, delivered = (e["payload"] for e in _events(shop))
+    assert created["client"]["device_id"] == "dev-1" and created["ref_code"] == "INV123"
+    assert paid["provider"] == "sandbox" and paid["amount_cents"] == 1000
+    assert delivered == delivered | {"order_no": order["order_no"], "product_id": pid, "merchant_id": merchant_id,
+                                     "quantity": 2, "amount_cents": 1000, "cost_cents": 400, "ref_code": "INV123"}
+    for event in _events(shop):
+        assert "K1" not in json.dumps(event) and "K2" not in json.dumps(event)
+        assert event["producer"] == "delivery" and event["correlation_id"] == order["order_no"]
+
+
+def test_stock_changes_reach_the_catalog_and_low_stock_is_announced(shop):
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, [f"K{i}" for i in range(12)])
+    shop.jobs()
+    product = shop.catalog.get(f"/catalog/v1/products/{pid}").json
+    assert product["stock"] == 12 and product["stock_low"] is False
+    for i in range(3):
+        shop.buy(pid, email=f"b{i}@example.com")
+    shop.jobs()
+    product = shop.catalog.get(f"/catalog/v1/products/{pid}").json
+    assert product["stock"] == 9 and product["stock_low"] is True  # below the floor of 10
+    assert product["sold"] == 3
+    lows = [e for e in _events(shop) if e["type"] == "delivery.stock.low"]
+    assert len(lows) == 1 and lows[0]["payload"]["threshold"] == 10
+    shop.jobs()
+    assert len([e for e in _events(shop) if e["type"] == "delivery.stock.changed"]) == 2  # only on change
+
+
+def test_product_events_applied_by_version_once(shop):
+    hub, bus = shop.system.hub, shop.system.bus
+    payload = {"product_id": "prd_x", "merchant_id": "mer_x", "title": "New", "price_cents": 900,
+               "cost_cents": 0, "currency": "CNY", "status": "active", "max_per_order": 5,
+               "instructions": "", "commission": {"levels_bps": [], "cap_bps": None}, "version": 2}
+    newer = make_envelope("catalog.product.upserted", payload, producer="catalog")
+    older = make_envelope("catalog.product.upserted", {**payload, "title": "Old", "version": 1}, producer="catalog")
+    for envelope in (newer, newer, older, newer):
+        bus.inject("delivery", json.dumps(envelope).encode())
+    hub.drain()
+    db = shop.system.apps["delivery"].extensions["linkshop"].db
+    with db.read() as s:
+        product = s.get(Product, "prd_x")
+        assert (product.title, product.version, product.price_cents) == ("New", 2, 900)
+    consumed = shop.metric("linkshop_events_consumed_total", service="delivery",
+                           type="catalog.product.upserted", outcome="duplicate")
+    assert consumed >= 2
+
+
+def test_poison_message_goes_to_dead_letters(shop):
+    shop.system.bus.inject("delivery", b"not json")
+    shop.system.bus.inject("delivery", json.dumps({"id": "x", "type": "nope"}).encode())
+    shop.drain()
+    assert shop.system.bus.dead["delivery"] == [b"not json", json.dumps({"id": "x", "type": "nope"}).encode()]
+
+
+def test_risk_seam_waits_then_delivers_or_refunds(make_shop):
+    shop = make_shop(LINKSHOP_RISK_REQUIRED="true")
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, ["A", "B"])
+    waiting = shop.buy(pid)
+    rejected = shop.buy(pid, email="fraud@example.com")
+    assert shop.view(waiting)["status"] == "paid" and shop.view(waiting)["keys"] == []
+
+    def decide(order, decision):
+        env = make_envelope("risk.order.assessed", {"order_no": order["order_no"], "decision": decision,
+                                                    "score": 0, "reasons": []}, producer="risk")
+        shop.system.bus.inject("delivery", json.dumps(env).encode())
+        shop.drain()
+
+    decide(waiting, "review")
+    assert shop.view(waiting)["status"] == "paid"
+    decide(waiting, "approve")
+    assert shop.view(waiting)["status"] == "delivered" and shop.view(waiting)["keys"] == ["A"]
+    decide(rejected, "reject")
+    assert shop.view(rejected)["status"] == "rejected"
+    assert [e["payload"]["reason"] for e in _events(shop) if e["type"] == "delivery.order.refunded"] == \
+        ["rejected by risk review"]
+    decide(rejected, "approve")  # a final decision stands
+    assert shop.view(rejected)["status"] == "rejected"
+
+
+def test_no_card_secret_in_any_log_line(shop, caplog):
+    caplog.set_level(logging.DEBUG)
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    secrets = [f"TOPSECRET-{i}" for i in range(3)]
+    shop.import_keys(merchant, pid, secrets)
+    order = shop.buy(pid, quantity=2)
+    shop.view(order)
+    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/replace", json={"key_index": 0}, headers=merchant)
+    shop.jobs()
+    text = caplog.text
+    assert all(secret not in text for secret in secrets)
+    metrics_text = shop.delivery.get("/delivery/metrics").data.decode()
+    assert all(secret not in metrics_text for secret in secrets)

