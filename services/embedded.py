@@ -36,7 +36,9 @@ class Embedded:
     settings: dict
 
 
-def build_embedded(env: dict | None = None) -> Embedded:
+def build_embedded(env: dict | None = None, migrate: bool = True) -> Embedded:
+    """``migrate=False`` creates the tables straight from the models (fresh test databases);
+    a test checks that the migrations produce the same schema."""
     env = dict(os.environ if env is None else env)
     env.setdefault("BUS_URL", "memory://")
     settings = {svc: load_settings(svc, env) for svc in SERVICES}
@@ -47,7 +49,11 @@ def build_embedded(env: dict | None = None) -> Embedded:
         app_module = importlib.import_module(f"services.{svc}.app")
         worker_module = importlib.import_module(f"services.{svc}.worker")
         db = app_module.open_database(settings[svc])
-        db.create_all()
+        if migrate:
+            from shared.migrations import upgrade
+            upgrade(svc, settings[svc].database_url)
+        else:
+            db.create_all()
         apps[svc] = app_module.create_app(settings[svc], db=db, bus=bus)
         specs.append(worker_module.build_worker(settings[svc], db=db))
     hub = EmbeddedHub(specs, bus)

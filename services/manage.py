@@ -6,20 +6,19 @@ runs it) does, once, before they start.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from shared.config import SERVICES, load_settings
 
 
 def migrate(services: list[str]) -> None:
+    from sqlalchemy.engine import make_url
+
+    from shared.migrations import upgrade
     for service in services:
-        app_module = importlib.import_module(f"services.{service}.app")
-        settings = load_settings(service)
-        db = app_module.open_database(settings)
-        db.create_all()
-        db.dispose()
-        print(f"{service}: schema up to date ({db.engine.url.render_as_string(hide_password=True)})")
+        url = load_settings(service).database_url
+        upgrade(service, url)
+        print(f"{service}: schema at head ({make_url(url).render_as_string(hide_password=True)})")
 
 
 def main(argv: list[str] | None = None) -> int:

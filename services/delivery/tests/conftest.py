@@ -16,7 +16,7 @@ class Shop:
         base = {"LINKSHOP_VAR_DIR": str(tmp_path), "BUS_RETRY_DELAYS_MS": "0", "BUS_MAX_ATTEMPTS": "3",
                 "LINKSHOP_LOOKUP_RATE_PER_MINUTE": "5"}
         base.update({k: str(v) for k, v in env.items()})
-        self.system = build_embedded(base)
+        self.system = build_embedded(base, migrate=False)
         self.catalog = self.system.apps["catalog"].test_client()
         self.delivery = self.system.apps["delivery"].test_client()
         self.admin = {"Authorization": "Bearer " + self.system.settings["catalog"].admin_token}
