@@ -53,8 +53,7 @@ class Database:
         try:
             yield session
         finally:
-            session.rollback()
-            session.close()
+            session.close()  # ends the transaction; loaded objects stay readable
 
     def create_all(self) -> None:
         self.metadata.create_all(self.engine)

@@ -108,7 +108,10 @@ def apply_stock(session: Session, payload: dict) -> None:
 
 
 def count_sale(session: Session, payload: dict, refunded: bool) -> None:
-    product = session.get(Product, payload.get("product_id"), with_for_update=True)
+    product_id = payload.get("product_id")
+    if not product_id:  # nothing to count against (session.get(None) warns, may one day raise)
+        return
+    product = session.get(Product, product_id, with_for_update=True)
     if product is None:
         return
     if refunded:
