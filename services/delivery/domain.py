@@ -128,19 +128,23 @@ def reusable_key_ids(session: Session, product_id: str) -> list[int]:
         .order_by(CardKey.id)))
 
 
-def _allocate(session: Session, order: Order, positions: list[int]) -> bool:
-    """Give the order keys for ``positions``: all of them, or none (False)."""
+def _allocate(session: Session, order: Order, positions: list[int], keep_going: bool = False) -> bool:
+    """Give the order keys for ``positions``: all of them, or none (False). With
+    ``keep_going`` a shortfall is undone by a savepoint, so the caller's transaction can go
+    on (a payment that must stand even when the keys are gone)."""
     reusable = reusable_key_ids(session, order.product_id)
     if reusable:
         rows = [{"order_no": order.order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
                  "reusable": True, "active": True} for pos in positions]
     else:
-        savepoint = session.begin_nested()
+        savepoint = session.begin_nested() if keep_going else None
         ids = claim_keys(session, order.product_id, len(positions))
         if len(ids) < len(positions):
-            savepoint.rollback()
+            if savepoint is not None:
+                savepoint.rollback()
             return False
-        savepoint.commit()
+        if savepoint is not None:
+            savepoint.commit()
         rows = [{"order_no": order.order_no, "position": pos, "key_id": key_id, "reusable": False,
                  "active": True} for pos, key_id in zip(positions, ids)]
     session.execute(insert(OrderKey), rows)
@@ -303,7 +307,7 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
         return
     held = {row.position for row in active_keys(session, order.order_no)}
     missing = [pos for pos in range(order.quantity) if pos not in held]
-    if missing and not _allocate(session, order, missing):
+    if missing and not _allocate(session, order, missing, keep_going=True):
         if order.status != "awaiting_stock":
             order.status = "awaiting_stock"
             after_commit(session, lambda: metrics.orders.labels("awaiting_stock").inc())
