@@ -74,16 +74,30 @@ def banner(embedded: Embedded, url: str) -> str:
     return "\n".join(lines)
 
 
+def _access_log_handler():
+    from werkzeug.serving import WSGIRequestHandler
+
+    class AccessLog(WSGIRequestHandler):
+        """Logs the path without its query string: order links carry the buyer's access token."""
+
+        def log_request(self, code="-", size="-"):
+            path = self.path.split("?", 1)[0]
+            log.info("%s %s %s %s", self.address_string(), self.command, path, code)
+
+    return AccessLog
+
+
 def main() -> int:
     from werkzeug.serving import run_simple
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", 8080))
     embedded = build_embedded()
     embedded.hub.start()
     print(banner(embedded, f"http://{host}:{port}"), file=sys.stderr, flush=True)
-    run_simple(host, port, embedded.wsgi, threaded=True, use_reloader=False)
+    run_simple(host, port, embedded.wsgi, threaded=True, use_reloader=False, request_handler=_access_log_handler())
     embedded.hub.stop()
     return 0
 
