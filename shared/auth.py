@@ -38,3 +38,24 @@ def require_admin(admin_token: str) -> None:
         raise ApiError(401, "unauthorized", "a bearer token is required")
     if not is_admin(admin_token, token):
         raise ApiError(403, "forbidden", "the admin token is required")
+
+
+USER_TOKEN_SALT = "linkshop.user"
+USER_TOKEN_MAX_AGE_S = 30 * 24 * 3600
+
+
+def issue_user_token(token_secret: str, user_id: str) -> str:
+    """A distributor's token, signed so every service can verify it without asking referral."""
+    from itsdangerous import URLSafeTimedSerializer
+    return URLSafeTimedSerializer(token_secret, salt=USER_TOKEN_SALT).dumps({"uid": user_id})
+
+
+def verify_user_token(token_secret: str, token: str | None) -> str | None:
+    from itsdangerous import BadSignature, URLSafeTimedSerializer
+    if not token:
+        return None
+    try:
+        data = URLSafeTimedSerializer(token_secret, salt=USER_TOKEN_SALT).loads(token, max_age=USER_TOKEN_MAX_AGE_S)
+    except BadSignature:
+        return None
+    return data.get("uid") if isinstance(data, dict) else None

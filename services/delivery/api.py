@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from shared import idempotency as idem
-from shared.auth import bearer_token, hash_secret, is_admin
+from shared.auth import bearer_token, hash_secret, is_admin, verify_user_token
 from shared.errors import ApiError, load_args, load_json, not_found
 from shared.events import utcnow
 from shared.web import ctx
@@ -115,6 +115,11 @@ def key_summary(product_id):
 def create_order():
     c = ctx()
     data = load_json(OrderCreateSchema())
+    token = bearer_token()
+    if token:  # a logged-in buyer: the order is attributed to their place in the referral graph
+        data["buyer_user_id"] = verify_user_token(c.settings.token_secret, token)
+        if data["buyer_user_id"] is None:
+            raise ApiError(401, "unauthorized", "the user token is invalid or expired")
     if data.get("query_password"):  # slow on purpose, so it runs outside the transaction
         data["query_password_hash"] = domain.hash_query_password(data.pop("query_password"))
     with c.db.write() as s:

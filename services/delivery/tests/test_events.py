@@ -116,3 +116,23 @@ def test_no_card_secret_in_any_log_line(shop, caplog):
     assert all(secret not in text for secret in secrets)
     metrics_text = shop.delivery.get("/delivery/metrics").data.decode()
     assert all(secret not in metrics_text for secret in secrets)
+
+
+def test_logged_in_buyer_is_carried_on_the_order_events(shop):
+    from shared.auth import issue_user_token
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, ["K1"])
+    secret = shop.system.settings["delivery"].token_secret
+    r = shop.delivery.post("/delivery/v1/orders", json={"product_id": pid, "quantity": 1, "email": "u@example.com"},
+                           headers={"Authorization": "Bearer garbage"})
+    assert r.status_code == 401
+    r = shop.delivery.post("/delivery/v1/orders", json={"product_id": pid, "quantity": 1, "email": "u@example.com",
+                                                        "ref_code": "ABC"},
+                           headers={"Authorization": "Bearer " + issue_user_token(secret, "usr_42")})
+    assert r.status_code == 201
+    order = r.json
+    shop.notify(order["order_no"], order["amount_cents"], "t")
+    created, _, delivered = (e["payload"] for e in _events(shop))
+    assert created["buyer_user_id"] == delivered["buyer_user_id"] == "usr_42"
+    assert delivered["ref_code"] == "ABC"
