@@ -35,6 +35,7 @@ CONSUMES: dict[str, tuple[str, ...]] = {
         "delivery.order.refunded",
         "risk.commission.flagged",
         "risk.commission.cleared",
+        "risk.commission.rejected",
         "payout.settlement.released",
     ),
     "payout": (
@@ -53,6 +54,7 @@ CONSUMES: dict[str, tuple[str, ...]] = {
         "delivery.order.paid",
         "delivery.order.delivered",
         "referral.user.registered",
+        "referral.user.bound",
         "referral.commission.accrued",
         "payout.withdrawal.requested",
     ),

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import func, select
+
+from shared.auth import bearer_token, is_admin, issue_user_token, require_admin, verify_user_token
+from shared.errors import ApiError, load_args, load_json, not_found
+from shared.events import utcnow
+from shared.web import ctx
+
+from . import domain
+from .models import CommissionLine, User
+from .schemas import (BindingRuleSchema, BindSchema, DecisionSchema, ExplainQuerySchema, PageSchema,
+                      RegisterSchema, TeamQuerySchema)
+
+bp = Blueprint("referral", __name__, url_prefix="/referral/v1")
+
+
+def _caller_may_see(user_id: str) -> None:
+    """A distributor sees their own data; the operator sees anyone's."""
+    c = ctx()
+    if is_admin(c.settings.admin_token):
+        return
+    token = bearer_token()
+    if not token:
+        raise ApiError(401, "unauthorized", "a user token is required")
+    caller = verify_user_token(c.settings.token_secret, token)
+    if caller is None:
+        raise ApiError(401, "unauthorized", "the user token is invalid or expired")
+    if caller != user_id:
+        raise ApiError(403, "forbidden", "you can only see your own data")
+
+
+def _user_view(user: User) -> dict:
+    return {"user_id": user.id, "invite_code": user.invite_code, "parent_id": user.parent_id,
+            "level_in_network": user.depth, "bound_at": user.bound_at.isoformat() if user.bound_at else None,
+            "created_at": user.created_at.isoformat()}
+
+
+@bp.post("/users")
+def register():
+    c = ctx()
+    data = load_json(RegisterSchema())
+    client = {"ip": request.remote_addr, "device_id": data["device_id"]}
+    with c.db.write() as s:
+        user = domain.register(s, data["email"], data["invite_code"], client, utcnow())
+        body = {**_user_view(user), "token": issue_user_token(c.settings.token_secret, user.id)}
+    return jsonify(body), 201
+
+
+@bp.get("/users/<user_id>")
+def get_user(user_id):
+    _caller_may_see(user_id)
+    with ctx().db.read() as s:
+        user = s.get(User, user_id)
+        if user is None:
+            raise not_found("user")
+        return jsonify(_user_view(user))
+
+
+@bp.post("/users/<user_id>/bind")
+def bind(user_id):
+    _caller_may_see(user_id)
+    data = load_json(BindSchema())
+    with ctx().db.write() as s:
+        user = s.get(User, user_id, with_for_update=True)
+        if user is None:
+            raise not_found("user")
+        domain.bind(s, user, data["invite_code"], utcnow())
+        return jsonify(_user_view(user))
+
+
+@bp.put("/settings/binding")
+def set_binding():
+    c = ctx()
+    require_admin(c.settings.admin_token)
+    data = load_json(BindingRuleSchema())
+    with c.db.write() as s:
+        domain.set_binding_rule(s, data["mode"], data["lock_days"])
+    return jsonify(data)
+
+
+@bp.get("/settings/binding")
+def get_binding():
+    with ctx().db.read() as s:
+        return jsonify(domain.binding_rule(s))
+
+
+@bp.get("/users/<user_id>/team")
+def team(user_id):
+    _caller_may_see(user_id)
+    args = load_args(TeamQuerySchema())
+    with ctx().db.read() as s:
+        user = s.get(User, user_id)
+        if user is None:
+            raise not_found("user")
+        body = domain.team_summary(s, user, utcnow(), args["days"])
+        parent = user
+        if args["parent"]:  # drill down the tree, but only inside one's own team
+            parent = s.get(User, args["parent"])
+            if parent is None or (parent.id != user.id and user.id not in domain.ancestors(parent)):
+                raise not_found("team member")
+        body["tree"] = domain.team_page(s, parent, args["page"], args["per_page"])
+        return jsonify(body)
+
+
+def _line_view(line: CommissionLine) -> dict:
+    return {"id": line.id, "order_no": line.order_no, "level": line.level, "rate_bps": line.rate_bps,
+            "amount_cents": line.amount_cents, "reversed_cents": line.reversed_cents, "status": line.status,
+            "reason": line.flag_reason, "created_at": line.created_at.isoformat()}
+
+
+@bp.get("/users/<user_id>/commissions")
+def commissions(user_id):
+    _caller_may_see(user_id)
+    args = load_args(PageSchema())
+    with ctx().db.read() as s:
+        query = select(CommissionLine).where(CommissionLine.user_id == user_id)
+        total = s.scalar(select(func.count()).select_from(query.subquery()))
+        rows = s.scalars(query.order_by(CommissionLine.id.desc())
+                         .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
+        return jsonify({"items": [_line_view(r) for r in rows], "page": args["page"],
+                        "per_page": args["per_page"], "total": total})
+
+
+@bp.get("/orders/<order_no>/explain")
+def explain(order_no):
+    user_id = load_args(ExplainQuerySchema())["user_id"]
+    _caller_may_see(user_id)
+    with ctx().db.read() as s:
+        return jsonify(domain.explain(s, order_no, user_id))
+
+
+@bp.get("/commissions/held")
+def held_lines():
+    c = ctx()
+    require_admin(c.settings.admin_token)
+    args = load_args(PageSchema())
+    with c.db.read() as s:
+        rows = s.scalars(select(CommissionLine).where(CommissionLine.status == "held").order_by(CommissionLine.id)
+                         .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
+        return jsonify({"items": [{**_line_view(r), "user_id": r.user_id} for r in rows]})
+
+
+@bp.post("/commissions/<int:line_id>/<decision>")
+def decide(line_id, decision):
+    """The operator's answer to a held line: approve → it goes on; reject → reversed."""
+    c = ctx()
+    require_admin(c.settings.admin_token)
+    if decision not in ("approve", "reject"):
+        raise not_found("decision")
+    data = load_json(DecisionSchema())
+    with c.db.write() as s:
+        line = s.get(CommissionLine, line_id, with_for_update=True)
+        if line is None:
+            raise not_found("commission line")
+        if decision == "approve":
+            if line.status != "held":
+                raise ApiError(409, "not_held", f"the line is {line.status}, not held")
+            line.status = "accrued"
+        else:
+            domain.reject(s, line, data["reason"])
+        return jsonify(_line_view(line))

@@ -1,0 +1,396 @@
+"""Referral rules, free of Flask: binding, attribution, commission lines and their story.
+
+Every commission line is frozen when it accrues (rate, level, amount); refunds reverse it
+pro rata at those frozen figures, and the attribution row keeps the chain that was used,
+so "why did (or didn't) I get paid?" has the same answer forever.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, literal, select, text, update
+from sqlalchemy.orm import Session
+
+from shared import metrics
+from shared.db import after_commit, is_postgres
+from shared.inbox import NotReady
+
+from .models import Attribution, CommissionLine, Merchant, Product, Setting, User, outbox
+
+MAX_LEVELS = 3
+INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes are read aloud
+
+
+class Refused(Exception):
+    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+
+def normalise_email(email: str) -> str:
+    """Case, and for Gmail-style mailboxes the dots and +tags, do not make another person."""
+    local, _, domain = email.strip().lower().rpartition("@")
+    if domain in ("gmail.com", "googlemail.com"):
+        local = local.split("+", 1)[0].replace(".", "")
+        domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(normalise_email(email).encode()).hexdigest()
+
+
+def new_invite_code() -> str:
+    return "".join(secrets.choice(INVITE_ALPHABET) for _ in range(8))
+
+
+def ancestors(user: User) -> list[str]:
+    """The upline, nearest first, read from the user's own row: O(levels), no graph walk."""
+    return [uid for uid in reversed(user.path.strip("/").split("/")) if uid]
+
+
+def user_by_code(session: Session, code: str) -> User | None:
+    return session.scalar(select(User).where(User.invite_code == code.strip().upper()))
+
+
+# -- binding ---------------------------------------------------------------------------------
+
+def binding_rule(session: Session) -> dict:
+    rows = dict(session.execute(select(Setting.name, Setting.value)).all())
+    return {"mode": rows.get("binding_mode", "permanent"), "lock_days": int(rows.get("binding_lock_days", 0))}
+
+
+def set_binding_rule(session: Session, mode: str, lock_days: int) -> None:
+    for name, value in (("binding_mode", mode), ("binding_lock_days", str(lock_days))):
+        row = session.get(Setting, name)
+        if row is None:
+            session.add(Setting(name=name, value=value))
+        else:
+            row.value = value
+
+
+def register(session: Session, email: str, invite_code: str | None, client: dict, now: datetime) -> User:
+    normalised = normalise_email(email)
+    if session.scalar(select(User.id).where(User.email == normalised)):
+        raise Refused(409, "already_registered", "this email is already registered")
+    parent = None
+    if invite_code:
+        parent = user_by_code(session, invite_code)
+        if parent is None:
+            raise Refused(422, "unknown_invite_code", "no user has this invite code",
+                          {"invite_code": ["unknown invite code"]})
+    user = User(id=f"usr_{secrets.token_hex(8)}", email=normalised, email_hash=email_hash(normalised),
+                invite_code=new_invite_code(), parent_id=parent.id if parent else None,
+                path=f"{parent.path}{parent.id}/" if parent else "/", depth=parent.depth + 1 if parent else 0,
+                bound_at=now if parent else None, client_ip=client.get("ip"), device_id=client.get("device_id"),
+                created_at=now)
+    session.add(user)
+    session.flush()
+    outbox.add(session, "referral.user.registered", {
+        "user_id": user.id, "parent_id": user.parent_id, "ancestors": ancestors(user),
+        "email_hash": user.email_hash, "client": {"ip": user.client_ip, "device_id": user.device_id},
+        "registered_at": now.isoformat()}, user.id)
+    return user
+
+
+def bind(session: Session, user: User, invite_code: str, now: datetime) -> User:
+    """Bind (or, once the lock period is over, rebind) a user under an invite code's owner."""
+    if is_postgres(session):  # rebinds are rare; one at a time rules out two moves making a cycle
+        session.execute(text("SELECT pg_advisory_xact_lock(731001)"))
+    parent = user_by_code(session, invite_code)
+    if parent is None:
+        raise Refused(422, "unknown_invite_code", "no user has this invite code", {"invite_code": ["unknown"]})
+    if parent.id == user.id:
+        raise Refused(422, "self_invite", "a user cannot invite themselves", {"invite_code": ["your own code"]})
+    if parent.id == user.parent_id:
+        return user
+    if user.parent_id is not None:
+        rule = binding_rule(session)
+        if rule["mode"] != "lock" or now < user.bound_at + timedelta(days=rule["lock_days"]):
+            raise Refused(409, "binding_locked", "this user is already bound to an inviter")
+    if user.id in ancestors(parent):  # the whole chain, not one hop
+        raise Refused(422, "would_create_cycle", "the inviter is in this user's own team",
+                      {"invite_code": ["would create a cycle"]})
+    old_prefix = f"{user.path}{user.id}/"
+    new_path = f"{parent.path}{parent.id}/"
+    new_prefix = f"{new_path}{user.id}/"
+    shift = parent.depth + 1 - user.depth
+    session.execute(update(User).where(User.path.startswith(old_prefix, autoescape=True)).values(
+        path=literal(new_prefix) + func.substr(User.path, len(old_prefix) + 1), depth=User.depth + shift),
+        execution_options={"synchronize_session": False})
+    user.parent_id, user.path, user.depth, user.bound_at = parent.id, new_path, parent.depth + 1, now
+    session.flush()
+    outbox.add(session, "referral.user.bound", {
+        "user_id": user.id, "parent_id": parent.id, "ancestors": ancestors(user), "bound_at": now.isoformat()},
+        user.id)
+    return user
+
+
+# -- projections -----------------------------------------------------------------------------
+
+def upsert_product(session: Session, p: dict) -> None:
+    product = session.get(Product, p["product_id"], with_for_update=True)
+    if product is not None and product.version >= p["version"]:
+        return
+    if product is None:
+        product = Product(id=p["product_id"])
+        session.add(product)
+    rule = p.get("commission") or {}
+    product.merchant_id, product.title, product.version = p["merchant_id"], p["title"], p["version"]
+    product.levels_bps = list(rule.get("levels_bps") or [])[:MAX_LEVELS]
+    product.cap_bps = rule.get("cap_bps")
+
+
+def upsert_merchant(session: Session, p: dict) -> None:
+    merchant = session.get(Merchant, p["merchant_id"], with_for_update=True)
+    if merchant is not None and merchant.version >= p["version"]:
+        return
+    if merchant is None:
+        merchant = Merchant(id=p["merchant_id"])
+        session.add(merchant)
+    merchant.fee_bps, merchant.version = p.get("fee_bps", 200), p["version"]
+
+
+# -- commission ------------------------------------------------------------------------------
+
+def platform_fee(amount_cents: int, fee_bps: int) -> int:
+    return amount_cents * fee_bps // 10000
+
+
+def resolve_chain(session: Session, buyer_user_id: str | None, ref_code: str | None) -> tuple[str, list[str]]:
+    """Design §6: a bound buyer's own upline; else the ref code's owner and their upline."""
+    buyer = session.get(User, buyer_user_id) if buyer_user_id else None
+    if buyer is not None and buyer.parent_id:
+        return "buyer_upline", ancestors(buyer)
+    if ref_code:
+        owner = user_by_code(session, ref_code)
+        if owner is not None:
+            return "ref_code", [owner.id] + ancestors(owner)
+    return "none", []
+
+
+def accrue(session: Session, p: dict, now: datetime) -> list[dict]:
+    product = session.get(Product, p["product_id"])
+    if product is None:
+        raise NotReady(f"product {p['product_id']} not seen yet")
+    merchant = session.get(Merchant, p["merchant_id"])
+    if merchant is None:
+        raise NotReady(f"merchant {p['merchant_id']} not seen yet")
+    source, chain = resolve_chain(session, p.get("buyer_user_id"), p.get("ref_code"))
+    amount, cost = p["amount_cents"], p.get("cost_cents", 0)
+    fee = platform_fee(amount, merchant.fee_bps)
+    margin = max(0, amount - fee - cost)
+    limit = margin if product.cap_bps is None else margin * product.cap_bps // 10000
+    attribution = Attribution(
+        order_no=p["order_no"], product_id=product.id, merchant_id=merchant.id,
+        buyer_user_id=p.get("buyer_user_id"), ref_code=p.get("ref_code"), source=source, chain=chain,
+        levels_bps=list(product.levels_bps), cap_bps=product.cap_bps, quantity=p["quantity"],
+        amount_cents=amount, fee_cents=fee, cost_cents=cost, limit_cents=limit, refunded_quantity=0,
+        delivered_at=now)
+    session.add(attribution)
+    session.flush()  # a second delivered event for the same order stops here (primary key)
+    lines, room = [], limit
+    for level, rate in enumerate(attribution.levels_bps, start=1):
+        if level > len(chain):
+            break
+        user_id = chain[level - 1]
+        if user_id == attribution.buyer_user_id or rate <= 0:
+            continue  # the buyer is never paid in their own upline
+        uncapped = amount * rate // 10000
+        paid = min(uncapped, room)
+        room -= paid
+        if paid <= 0:
+            continue
+        session.add(CommissionLine(order_no=attribution.order_no, user_id=user_id, level=level, rate_bps=rate,
+                                   uncapped_cents=uncapped, amount_cents=paid, reversed_cents=0,
+                                   status="accrued", created_at=now))
+        lines.append({"user_id": user_id, "level": level, "rate_bps": rate, "amount_cents": paid})
+    if lines:
+        outbox.add(session, "referral.commission.accrued", {
+            "order_no": attribution.order_no, "merchant_id": merchant.id, "product_id": product.id,
+            "buyer_user_id": attribution.buyer_user_id, "amount_cents": amount, "lines": lines}, attribution.order_no)
+
+        def count():
+            for line in lines:
+                metrics.commission_cents.labels(str(line["level"])).inc(line["amount_cents"])
+        after_commit(session, count)
+    return lines
+
+
+def _lines(session: Session, order_no: str, user_id: str | None = None) -> list[CommissionLine]:
+    query = select(CommissionLine).where(CommissionLine.order_no == order_no).order_by(CommissionLine.level)
+    if user_id:
+        query = query.where(CommissionLine.user_id == user_id)
+    return list(session.scalars(query.with_for_update()))
+
+
+def _publish_reversal(session: Session, order_no: str, reversed_lines: list[dict], reason: str) -> None:
+    if reversed_lines:
+        outbox.add(session, "referral.commission.reversed",
+                   {"order_no": order_no, "lines": reversed_lines, "reason": reason}, order_no)
+
+
+def reverse_for_refund(session: Session, p: dict) -> None:
+    if not p.get("delivered", True):
+        return  # never delivered, so nothing ever accrued
+    attribution = session.get(Attribution, p["order_no"], with_for_update=True)
+    if attribution is None:
+        raise NotReady(f"order {p['order_no']} has not been attributed yet")
+    # Refund events carry running totals, so a late or repeated one cannot reverse twice.
+    total = min(attribution.quantity, max(attribution.refunded_quantity, p.get("total_refunded_quantity", 0)))
+    attribution.refunded_quantity = total
+    reversed_lines = []
+    for line in _lines(session, p["order_no"]):
+        target = line.amount_cents * total // attribution.quantity
+        if line.status == "reversed" or target <= line.reversed_cents:
+            continue
+        reversed_lines.append({"user_id": line.user_id, "level": line.level, "rate_bps": line.rate_bps,
+                               "amount_cents": target - line.reversed_cents})
+        line.reversed_cents = target
+        if target == line.amount_cents:
+            line.status = "reversed"
+            line.flag_reason = line.flag_reason or "refunded"
+    _publish_reversal(session, p["order_no"], reversed_lines, "refund")
+
+
+def hold(session: Session, p: dict) -> None:
+    if session.get(Attribution, p["order_no"]) is None:
+        raise NotReady(f"order {p['order_no']} has not been attributed yet")
+    for line in _lines(session, p["order_no"], p["user_id"]):
+        if line.status in ("accrued", "released"):
+            line.status, line.flag_reason = "held", p.get("reason") or "flagged by risk"
+
+
+def clear(session: Session, p: dict) -> None:
+    for line in _lines(session, p["order_no"], p["user_id"]):
+        if line.status == "held":
+            line.status = "accrued"
+
+
+def reject(session: Session, line: CommissionLine, reason: str) -> None:
+    if line.status != "held":
+        raise Refused(409, "not_held", f"the line is {line.status}, not held")
+    amount = line.amount_cents - line.reversed_cents
+    line.status, line.reversed_cents, line.flag_reason = "reversed", line.amount_cents, reason
+    _publish_reversal(session, line.order_no, [{"user_id": line.user_id, "level": line.level,
+                                                "rate_bps": line.rate_bps, "amount_cents": amount}], "rejected")
+
+
+def release(session: Session, p: dict) -> None:
+    for line in _lines(session, p["order_no"]):
+        if line.status == "accrued":
+            line.status = "released"
+
+
+# -- the explanation -------------------------------------------------------------------------
+
+REASONS = {
+    "paid": "You earned {amount} at level {level} ({rate} bps of the amount paid).",
+    "capped_by_margin": "Level {level} pays {rate} bps, but the order's margin only left {amount} for you.",
+    "not_in_chain": "You are not in this order's referral chain.",
+    "beyond_level_cap": "You are at level {level}; this product pays commission to {levels} level(s) only.",
+    "rule_is_zero": "This product pays nothing at level {level}.",
+    "buyer_is_self": "You bought this order yourself; nobody is paid in their own upline.",
+    "flagged": "Your commission of {amount} is held for review: {why}.",
+    "rejected": "Your commission was rejected after review: {why}.",
+    "refunded": "The order was refunded, so your commission of {amount} was reversed.",
+    "partially_refunded": "Part of the order was refunded: {reversed} of your {amount} was reversed.",
+    "order_not_delivered_yet": "This order has not been delivered yet; commission is computed on delivery.",
+}
+
+
+def explain(session: Session, order_no: str, user_id: str) -> dict:
+    attribution = session.get(Attribution, order_no)
+    result = {"order_no": order_no, "user_id": user_id, "level": None, "rate_bps": None, "amount_cents": 0,
+              "status": None}
+    if attribution is None:
+        return _reason(result, "order_not_delivered_yet")
+    result["source"] = attribution.source
+    if user_id not in attribution.chain:
+        return _reason(result, "not_in_chain")
+    level = attribution.chain.index(user_id) + 1
+    result["level"] = level
+    if user_id == attribution.buyer_user_id:
+        return _reason(result, "buyer_is_self")
+    if level > len(attribution.levels_bps):
+        return _reason(result, "beyond_level_cap", levels=len(attribution.levels_bps))
+    rate = attribution.levels_bps[level - 1]
+    result["rate_bps"] = rate
+    if rate <= 0:
+        return _reason(result, "rule_is_zero")
+    line = session.scalar(select(CommissionLine).where(CommissionLine.order_no == order_no,
+                                                       CommissionLine.level == level))
+    if line is None:  # the margin was used up by the levels above
+        return _reason(result, "capped_by_margin")
+    result.update(amount_cents=line.amount_cents, status=line.status, reversed_cents=line.reversed_cents)
+    if line.status == "held":
+        return _reason(result, "flagged", why=line.flag_reason)
+    if line.status == "reversed":
+        return _reason(result, "rejected" if line.flag_reason not in (None, "refunded") else "refunded",
+                       why=line.flag_reason)
+    if line.reversed_cents:
+        return _reason(result, "partially_refunded")
+    if line.amount_cents < line.uncapped_cents:
+        return _reason(result, "capped_by_margin")
+    return _reason(result, "paid")
+
+
+def _reason(result: dict, code: str, **extra) -> dict:
+    def cents(value):
+        return f"{(value or 0) / 100:.2f}"
+    result["reason_code"] = code
+    result["message"] = REASONS[code].format(amount=cents(result.get("amount_cents")), level=result.get("level"),
+                                             rate=result.get("rate_bps"), reversed=cents(result.get("reversed_cents")),
+                                             why=extra.get("why"), levels=extra.get("levels"))
+    return result
+
+
+# -- team views ------------------------------------------------------------------------------
+
+def team_summary(session: Session, user: User, now: datetime, days: int = 30) -> dict:
+    prefix = f"{user.path}{user.id}/"
+    members = User.path.startswith(prefix, autoescape=True)
+    per_level = session.execute(select(User.depth - user.depth, func.count()).where(members)
+                                .group_by(User.depth).order_by(User.depth)).all()
+    since = now - timedelta(days=days)
+    day = func.date(User.created_at)
+    growth = session.execute(select(day, func.count()).where(members, User.created_at >= since)
+                             .group_by(day).order_by(day)).all()
+    earned = CommissionLine.amount_cents - CommissionLine.reversed_cents
+    sales = session.execute(
+        select(CommissionLine.level, func.count(), func.sum(Attribution.amount_cents), func.sum(earned))
+        .join(Attribution, Attribution.order_no == CommissionLine.order_no)
+        .where(CommissionLine.user_id == user.id).group_by(CommissionLine.level).order_by(CommissionLine.level)).all()
+    top = session.execute(
+        select(Attribution.product_id, Product.title, func.sum(earned).label("earned"))
+        .join(Attribution, Attribution.order_no == CommissionLine.order_no)
+        .join(Product, Product.id == Attribution.product_id, isouter=True)
+        .where(CommissionLine.user_id == user.id).group_by(Attribution.product_id, Product.title)
+        .order_by(func.sum(earned).desc()).limit(10)).all()
+    levels = [{"level": level, "members": count} for level, count in per_level]
+    return {
+        "user_id": user.id,
+        "direct": next((l["members"] for l in levels if l["level"] == 1), 0),
+        "indirect": sum(l["members"] for l in levels if l["level"] > 1),
+        "levels": levels,
+        "growth": [{"day": str(d), "joined": n} for d, n in growth],
+        "sales_by_level": [{"level": lv, "orders": n, "sales_cents": int(s or 0), "commission_cents": int(e or 0)}
+                           for lv, n, s, e in sales],
+        "top_products": [{"product_id": pid, "title": title, "commission_cents": int(e or 0)} for pid, title, e in top],
+    }
+
+
+def team_page(session: Session, parent: User, page: int, per_page: int) -> dict:
+    """One page of a member's direct invitees, each with the size of their own team."""
+    rows = session.scalars(select(User).where(User.parent_id == parent.id).order_by(User.created_at, User.id)
+                           .offset((page - 1) * per_page).limit(per_page)).all()
+    total = session.scalar(select(func.count()).select_from(User).where(User.parent_id == parent.id))
+    items = []
+    for member in rows:
+        team = session.scalar(select(func.count()).select_from(User).where(
+            User.path.startswith(f"{member.path}{member.id}/", autoescape=True)))
+        items.append({"user_id": member.id, "joined_at": member.created_at.isoformat(), "team_size": team,
+                      "has_team": team > 0})
+    return {"parent_id": parent.id, "page": page, "per_page": per_page, "total": total, "items": items}
