@@ -1,0 +1,106 @@
+"""AmqpBus's per-message decisions, with fake kombu messages (no broker): ack after the
+handler commits; a failure goes to the retry queue for its attempt with the attempt counted;
+the last attempt and poison are rejected so RabbitMQ dead-letters them to <svc>.dead."""
+import json
+
+import pytest
+
+from shared.bus import ATTEMPT_HEADER, AmqpBus, _retry_delay, make_bus, MemoryBus
+from shared.config import load_settings
+from shared.events import make_envelope
+
+
+class FakeMessage:
+    def __init__(self, body, headers=None):
+        self.body = body
+        self.headers = headers
+        self.acked = self.rejected = False
+        self.requeue = None
+
+    def ack(self):
+        self.acked = True
+
+    def reject(self, requeue=False):
+        self.rejected, self.requeue = True, requeue
+
+
+class FakeProducer:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, body, **kwargs):
+        self.sent.append((body, kwargs))
+
+
+class FakeConsumer:
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.seen = []
+
+    def handle(self, envelope):
+        self.seen.append(envelope["id"])
+        if self.fail:
+            raise RuntimeError("handler failed")
+        return "processed"
+
+
+@pytest.fixture
+def bus():
+    return AmqpBus("amqp://guest:guest@127.0.0.1:5672//", retry_delays_ms=(100, 1000), max_attempts=3)
+
+
+def body():
+    return json.dumps(make_envelope("delivery.order.delivered", {"order_no": "A"}, producer="delivery"))
+
+
+def test_success_is_acked(bus):
+    message, producer, consumer = FakeMessage(body()), FakeProducer(), FakeConsumer()
+    bus._on_message("payout", consumer, producer, message)
+    assert message.acked and not message.rejected and producer.sent == []
+    assert len(consumer.seen) == 1
+
+
+def test_poison_is_rejected_without_requeue(bus):
+    message, producer, consumer = FakeMessage(b"{not json"), FakeProducer(), FakeConsumer()
+    bus._on_message("payout", consumer, producer, message)
+    assert message.rejected and message.requeue is False and not message.acked
+    assert consumer.seen == [] and producer.sent == []
+
+
+@pytest.mark.parametrize("attempt,queue", [(None, "payout.retry.100"), (1, "payout.retry.100"),
+                                           (2, "payout.retry.1000")])
+def test_a_failure_is_republished_to_the_retry_queue_then_acked(bus, attempt, queue):
+    headers = {ATTEMPT_HEADER: attempt, "x-death": [{"count": 1}]} if attempt else None
+    raw = body()
+    message, producer = FakeMessage(raw, headers), FakeProducer()
+    bus._on_message("payout", FakeConsumer(fail=True), producer, message)
+    assert message.acked and not message.rejected
+    [(sent, kwargs)] = producer.sent
+    assert sent == raw
+    assert kwargs["exchange"] == "" and kwargs["routing_key"] == queue
+    assert kwargs["headers"][ATTEMPT_HEADER] == (attempt or 1) + 1
+    assert "x-death" not in kwargs["headers"]
+    assert kwargs["delivery_mode"] == 2 and kwargs["message_id"] == json.loads(raw)["id"]
+
+
+def test_the_last_attempt_is_dead_lettered(bus):
+    message, producer = FakeMessage(body(), {ATTEMPT_HEADER: 3}), FakeProducer()
+    bus._on_message("payout", FakeConsumer(fail=True), producer, message)
+    assert message.rejected and message.requeue is False and not message.acked
+    assert producer.sent == []
+
+
+def test_retry_delays_step_up_and_stay_at_the_last():
+    assert [_retry_delay((1000, 5000, 30000), a) for a in (1, 2, 3, 4, 9)] == [1000, 5000, 30000, 30000, 30000]
+    assert _retry_delay((), 3) == 0
+
+
+def test_make_bus_picks_the_transport(tmp_path):
+    embedded = load_settings("catalog", {"LINKSHOP_VAR_DIR": str(tmp_path), "BUS_RETRY_DELAYS_MS": "0",
+                                         "BUS_MAX_ATTEMPTS": "4"})
+    memory = make_bus(embedded)
+    assert isinstance(memory, MemoryBus) and memory.max_attempts == 4
+    real = load_settings("catalog", {"LINKSHOP_VAR_DIR": str(tmp_path), "BUS_URL": "amqp://x//",
+                                     "LINKSHOP_ADMIN_TOKEN": "a", "LINKSHOP_VAULT_KEY": "v",
+                                     "LINKSHOP_TOKEN_SECRET": "t"})
+    assert isinstance(make_bus(real), AmqpBus)

@@ -1,0 +1,127 @@
+"""shared.config: real mode refuses to start without secrets; embedded mode generates dev
+secrets once, keeps them in var/dev-secrets.json and says so; the environment wins."""
+import json
+import stat
+
+import pytest
+
+from shared.config import GENERATED_SECRETS, SERVICES, ConfigError, load_settings
+
+REAL_SECRETS = {"LINKSHOP_ADMIN_TOKEN": "admin-x", "LINKSHOP_VAULT_KEY": "vault-key-0123456789abcdef",
+                "LINKSHOP_TOKEN_SECRET": "token-x"}
+AMQP = "amqp://guest:secretpw@127.0.0.1:5672//"
+
+
+def real_env(tmp_path, **extra):
+    return {"LINKSHOP_VAR_DIR": str(tmp_path), "BUS_URL": AMQP, **extra}
+
+
+@pytest.mark.parametrize("missing", GENERATED_SECRETS)
+def test_real_mode_refuses_to_start_without_each_secret(tmp_path, missing):
+    env = real_env(tmp_path, **REAL_SECRETS)
+    del env[missing]
+    with pytest.raises(ConfigError) as info:
+        load_settings("catalog", env)
+    assert missing in str(info.value)
+    assert "secretpw" not in str(info.value)  # the broker password is not echoed
+    assert not (tmp_path / "dev-secrets.json").exists()
+
+
+def test_real_mode_refuses_an_empty_secret(tmp_path):
+    with pytest.raises(ConfigError):
+        load_settings("delivery", real_env(tmp_path, **{**REAL_SECRETS, "LINKSHOP_ADMIN_TOKEN": ""}))
+
+
+def test_real_mode_with_secrets_generates_nothing(tmp_path):
+    s = load_settings("catalog", real_env(tmp_path, **REAL_SECRETS))
+    assert not s.embedded
+    assert s.generated == ()
+    assert (s.admin_token, s.vault_key, s.token_secret) == ("admin-x", "vault-key-0123456789abcdef", "token-x")
+    assert s.sandbox_secret is None  # no dev default outside embedded mode
+    assert s.public_url == "http://127.0.0.1:8081"
+    assert not (tmp_path / "dev-secrets.json").exists()
+
+
+def test_embedded_generates_persists_and_reports_dev_secrets(tmp_path):
+    env = {"LINKSHOP_VAR_DIR": str(tmp_path)}
+    first = load_settings("catalog", env)
+    assert first.embedded
+    assert set(first.generated) == set(GENERATED_SECRETS)
+    assert len({first.admin_token, first.vault_key, first.token_secret}) == 3
+    assert all(len(v) >= 32 for v in (first.admin_token, first.vault_key, first.token_secret))
+    path = tmp_path / "dev-secrets.json"
+    stored = json.loads(path.read_text())
+    assert stored["LINKSHOP_ADMIN_TOKEN"] == first.admin_token
+    assert stored["LINKSHOP_VAULT_KEY"] == first.vault_key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # A restart (and every other service) reads the same values: the vault stays readable.
+    again = load_settings("catalog", env)
+    other = load_settings("delivery", env)
+    for s in (again, other):
+        assert (s.admin_token, s.vault_key, s.token_secret) == \
+            (first.admin_token, first.vault_key, first.token_secret)
+        assert set(s.generated) == set(GENERATED_SECRETS)  # still reported as generated
+    assert first.sandbox_secret == "sandbox-secret"
+
+
+def test_environment_wins_over_generated_values(tmp_path):
+    env = {"LINKSHOP_VAR_DIR": str(tmp_path)}
+    load_settings("catalog", env)  # dev secrets exist on disk now
+    s = load_settings("catalog", {**env, "LINKSHOP_ADMIN_TOKEN": "from-env",
+                                  "LINKSHOP_SANDBOX_SECRET": "sb"})
+    assert s.admin_token == "from-env"
+    assert "LINKSHOP_ADMIN_TOKEN" not in s.generated
+    assert set(s.generated) == {"LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET"}
+    assert s.sandbox_secret == "sb"
+    every = load_settings("catalog", {**env, **REAL_SECRETS})
+    assert every.generated == ()
+    assert every.admin_token == "admin-x"
+
+
+def test_database_url_precedence(tmp_path):
+    base = {"LINKSHOP_VAR_DIR": str(tmp_path)}
+    assert load_settings("payout", base).database_url == f"sqlite:///{tmp_path / 'payout.db'}"
+    shared_url = {**base, "DATABASE_URL": "sqlite:///shared.db"}
+    assert load_settings("payout", shared_url).database_url == "sqlite:///shared.db"
+    own = {**shared_url, "PAYOUT_DATABASE_URL": "postgresql+psycopg://x/payout"}
+    assert load_settings("payout", own).database_url == "postgresql+psycopg://x/payout"
+    assert load_settings("risk", own).database_url == "sqlite:///shared.db"
+
+
+def test_numeric_and_list_settings(tmp_path):
+    s = load_settings("risk", {"LINKSHOP_VAR_DIR": str(tmp_path), "BUS_RETRY_DELAYS_MS": "0",
+                               "BUS_MAX_ATTEMPTS": "3", "LINKSHOP_HOLD_SECONDS": "60",
+                               "LINKSHOP_TRUSTED_PROXIES": " 10.0.0.1, ,10.0.0.2 ",
+                               "LINKSHOP_SANDBOX_ENABLED": "false"})
+    assert s.bus_retry_delays_ms == (0,)
+    assert s.bus_max_attempts == 3
+    assert s.hold_seconds == 60
+    assert s.trusted_proxies == frozenset({"10.0.0.1", "10.0.0.2"})
+    assert s.sandbox_secret is None
+    d = load_settings("risk", {"LINKSHOP_VAR_DIR": str(tmp_path)})
+    assert d.bus_retry_delays_ms == (1000, 5000, 30000, 120000)
+    assert d.hold_seconds == 604800
+
+
+def test_unknown_service_is_refused(tmp_path):
+    with pytest.raises(ConfigError):
+        load_settings("billing", {"LINKSHOP_VAR_DIR": str(tmp_path)})
+    assert "catalog" in SERVICES
+
+
+def test_embedded_banner_says_whether_the_admin_token_is_a_dev_value(tmp_path):
+    from services.embedded import banner, build_embedded
+
+    generated = build_embedded({"LINKSHOP_VAR_DIR": str(tmp_path / "a")}, migrate=False)
+    text = banner(generated, "http://127.0.0.1:8080")
+    assert "http://127.0.0.1:8080" in text and "generated" in text
+    assert generated.settings["catalog"].admin_token in text
+    given = build_embedded({"LINKSHOP_VAR_DIR": str(tmp_path / "b"), **REAL_SECRETS}, migrate=False)
+    text = banner(given, "http://127.0.0.1:8080")
+    assert "from LINKSHOP_ADMIN_TOKEN" in text and "admin-x" not in text
+    # Every service of one embedded system shares the same secrets.
+    assert len({s.admin_token for s in given.settings.values()}) == 1
+    assert len({s.vault_key for s in generated.settings.values()}) == 1
+    for system in (generated, given):
+        for app in system.apps.values():
+            app.extensions["linkshop"].db.dispose()
