@@ -54,6 +54,7 @@ def upsert_product(session: Session, p: dict) -> None:
     product.status = p["status"]
     product.max_per_order = p["max_per_order"]
     product.instructions = p.get("instructions", "")
+    product.commission = p.get("commission") or {"levels_bps": [], "cap_bps": None}
     product.version = p["version"]
 
 
@@ -64,7 +65,7 @@ def upsert_merchant(session: Session, p: dict) -> None:
     if merchant is None:
         merchant = Merchant(id=p["merchant_id"])
         session.add(merchant)
-    merchant.status, merchant.version = p["status"], p["version"]
+    merchant.status, merchant.fee_bps, merchant.version = p["status"], p.get("fee_bps", 200), p["version"]
     session.execute(delete(MerchantKey).where(MerchantKey.merchant_id == merchant.id))
     if p["status"] == "active" and p["api_key_hashes"]:
         session.execute(insert(MerchantKey), [{"key_hash": h, "merchant_id": merchant.id}
@@ -200,7 +201,8 @@ def check_query_password(password: str, stored: str | None) -> bool:
 def create_order(session: Session, settings, data: dict, client: dict, provider: str,
                  now: datetime) -> tuple[Order, str]:
     product = session.get(Product, data["product_id"])
-    if product is None or product.status != "active":
+    merchant = session.get(Merchant, product.merchant_id) if product is not None else None
+    if product is None or product.status != "active" or merchant is None or merchant.status != "active":
         raise Refused(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
     quantity = data["quantity"]
     if quantity > product.max_per_order:
@@ -211,7 +213,8 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
         order_no=new_order_no(now), product_id=product.id, merchant_id=product.merchant_id,
         quantity=quantity, unit_price_cents=product.price_cents,
         amount_cents=product.price_cents * quantity, cost_cents=product.cost_cents * quantity,
-        currency=product.currency, email=data["email"].strip().lower(), status="pending",
+        currency=product.currency, fee_bps=merchant.fee_bps, commission=product.commission,
+        email=data["email"].strip().lower(), status="pending",
         provider=provider, access_token_hash=hash_secret(token),
         query_password_hash=data.get("query_password_hash"),
         ref_code=data.get("ref_code"), buyer_user_id=data.get("buyer_user_id"),
@@ -316,7 +319,8 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
     outbox.add(session, "delivery.order.delivered", {
         "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
         "quantity": order.quantity, "amount_cents": order.amount_cents, "cost_cents": order.cost_cents,
-        "currency": order.currency, "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
+        "currency": order.currency, "fee_bps": order.fee_bps, "commission": order.commission,
+        "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
         "email": order.email, "paid_at": order.paid_at.isoformat(), "delivered_at": now.isoformat(),
     }, order.order_no)
     latency = (now - order.paid_at).total_seconds()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -35,6 +35,7 @@ class Product(Base):
     status: Mapped[str] = mapped_column(String(20))
     max_per_order: Mapped[int] = mapped_column(Integer)
     instructions: Mapped[str] = mapped_column(Text, default="")
+    commission: Mapped[dict] = mapped_column(JSON, default=dict)
     version: Mapped[int] = mapped_column(Integer)
 
 
@@ -49,6 +50,7 @@ class Merchant(Base):
     __tablename__ = "merchants"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     status: Mapped[str] = mapped_column(String(20))
+    fee_bps: Mapped[int] = mapped_column(Integer)
     version: Mapped[int] = mapped_column(Integer)
 
 
@@ -88,6 +90,9 @@ class Order(Base):
     amount_cents: Mapped[int] = mapped_column(Integer)
     cost_cents: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
+    # The terms in force when the buyer ordered, so every service settles the same order alike.
+    fee_bps: Mapped[int] = mapped_column(Integer)
+    commission: Mapped[dict] = mapped_column(JSON)
     email: Mapped[str] = mapped_column(String(254), index=True)
     status: Mapped[str] = mapped_column(String(24))
     provider: Mapped[str] = mapped_column(String(32))

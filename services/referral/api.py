@@ -9,7 +9,7 @@ from shared.events import utcnow
 from shared.web import ctx
 
 from . import domain
-from .models import CommissionLine, User
+from .models import Attribution, CommissionLine, User
 from .schemas import (BindingRuleSchema, BindSchema, DecisionSchema, ExplainQuerySchema, PageSchema,
                       RegisterSchema, TeamQuerySchema)
 
@@ -157,7 +157,8 @@ def decide(line_id, decision):
         if decision == "approve":
             if line.status != "held":
                 raise ApiError(409, "not_held", f"the line is {line.status}, not held")
-            line.status = "accrued"
+            settled = s.get(Attribution, line.order_no).settled
+            line.status, line.flag_reason = ("released" if settled else "accrued"), None
         else:
             domain.reject(s, line, data["reason"])
         return jsonify(_line_view(line))

@@ -171,22 +171,29 @@ def resolve_chain(session: Session, buyer_user_id: str | None, ref_code: str | N
     return "none", []
 
 
+def _terms(session: Session, p: dict) -> tuple[int, list[int], int | None]:
+    """The fee and rule the order was sold under: carried on the event (frozen when the buyer
+    ordered), so a rule changed since, or an event replayed later, computes the same lines."""
+    if "fee_bps" in p and "commission" in p:
+        rule = p["commission"] or {}
+        return p["fee_bps"], list(rule.get("levels_bps") or [])[:MAX_LEVELS], rule.get("cap_bps")
+    product, merchant = session.get(Product, p["product_id"]), session.get(Merchant, p["merchant_id"])
+    if product is None or merchant is None:
+        raise NotReady(f"product {p['product_id']} or merchant {p['merchant_id']} not seen yet")
+    return merchant.fee_bps, list(product.levels_bps), product.cap_bps
+
+
 def accrue(session: Session, p: dict, now: datetime) -> list[dict]:
-    product = session.get(Product, p["product_id"])
-    if product is None:
-        raise NotReady(f"product {p['product_id']} not seen yet")
-    merchant = session.get(Merchant, p["merchant_id"])
-    if merchant is None:
-        raise NotReady(f"merchant {p['merchant_id']} not seen yet")
+    fee_bps, levels_bps, cap_bps = _terms(session, p)
     source, chain = resolve_chain(session, p.get("buyer_user_id"), p.get("ref_code"))
     amount, cost = p["amount_cents"], p.get("cost_cents", 0)
-    fee = platform_fee(amount, merchant.fee_bps)
+    fee = platform_fee(amount, fee_bps)
     margin = max(0, amount - fee - cost)
-    limit = margin if product.cap_bps is None else margin * product.cap_bps // 10000
+    limit = margin if cap_bps is None else margin * cap_bps // 10000
     attribution = Attribution(
-        order_no=p["order_no"], product_id=product.id, merchant_id=merchant.id,
+        order_no=p["order_no"], product_id=p["product_id"], merchant_id=p["merchant_id"],
         buyer_user_id=p.get("buyer_user_id"), ref_code=p.get("ref_code"), source=source, chain=chain,
-        levels_bps=list(product.levels_bps), cap_bps=product.cap_bps, quantity=p["quantity"],
+        levels_bps=levels_bps, cap_bps=cap_bps, quantity=p["quantity"],
         amount_cents=amount, fee_cents=fee, cost_cents=cost, limit_cents=limit, refunded_quantity=0,
         delivered_at=now)
     session.add(attribution)
@@ -209,7 +216,8 @@ def accrue(session: Session, p: dict, now: datetime) -> list[dict]:
         lines.append({"user_id": user_id, "level": level, "rate_bps": rate, "amount_cents": paid})
     if lines:
         outbox.add(session, "referral.commission.accrued", {
-            "order_no": attribution.order_no, "merchant_id": merchant.id, "product_id": product.id,
+            "order_no": attribution.order_no, "merchant_id": attribution.merchant_id,
+            "product_id": attribution.product_id,
             "buyer_user_id": attribution.buyer_user_id, "amount_cents": amount, "lines": lines}, attribution.order_no)
 
         def count():
@@ -250,23 +258,34 @@ def reverse_for_refund(session: Session, p: dict) -> None:
                                "amount_cents": target - line.reversed_cents})
         line.reversed_cents = target
         if target == line.amount_cents:
-            line.status = "reversed"
-            line.flag_reason = line.flag_reason or "refunded"
+            line.status, line.flag_reason = "reversed", "refunded"
     _publish_reversal(session, p["order_no"], reversed_lines, "refund")
 
 
-def hold(session: Session, p: dict) -> None:
+def _risk_lines(session: Session, p: dict, at: datetime) -> list[CommissionLine]:
+    """The lines a risk event speaks of that have not heard anything newer from risk."""
     if session.get(Attribution, p["order_no"]) is None:
         raise NotReady(f"order {p['order_no']} has not been attributed yet")
+    fresh = []
     for line in _lines(session, p["order_no"], p["user_id"]):
+        if line.risk_event_at is None or line.risk_event_at < at:
+            line.risk_event_at = at
+            fresh.append(line)
+    return fresh
+
+
+def hold(session: Session, p: dict, at: datetime) -> None:
+    for line in _risk_lines(session, p, at):
         if line.status in ("accrued", "released"):
             line.status, line.flag_reason = "held", p.get("reason") or "flagged by risk"
 
 
-def clear(session: Session, p: dict) -> None:
-    for line in _lines(session, p["order_no"], p["user_id"]):
+def clear(session: Session, p: dict, at: datetime) -> None:
+    lines = _risk_lines(session, p, at)
+    settled = session.get(Attribution, p["order_no"]).settled
+    for line in lines:
         if line.status == "held":
-            line.status = "accrued"
+            line.status, line.flag_reason = ("released" if settled else "accrued"), None
 
 
 def reject(session: Session, line: CommissionLine, reason: str) -> None:
@@ -279,6 +298,10 @@ def reject(session: Session, line: CommissionLine, reason: str) -> None:
 
 
 def release(session: Session, p: dict) -> None:
+    attribution = session.get(Attribution, p["order_no"], with_for_update=True)
+    if attribution is None:
+        raise NotReady(f"order {p['order_no']} has not been attributed yet")
+    attribution.settled = True
     for line in _lines(session, p["order_no"]):
         if line.status == "accrued":
             line.status = "released"

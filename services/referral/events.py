@@ -1,5 +1,7 @@
 """What referral handles. It publishes referral.user.registered, referral.user.bound,
 referral.commission.accrued and referral.commission.reversed (domain.py, via the outbox)."""
+from datetime import datetime
+
 from shared.events import utcnow
 from shared.inbox import Handlers
 
@@ -30,18 +32,18 @@ def on_refunded(session, event):
 
 @handlers.on("risk.commission.flagged")
 def on_flagged(session, event):
-    domain.hold(session, event["payload"])
+    domain.hold(session, event["payload"], datetime.fromisoformat(event["occurred_at"]))
 
 
 @handlers.on("risk.commission.cleared")
 def on_cleared(session, event):
-    domain.clear(session, event["payload"])
+    domain.clear(session, event["payload"], datetime.fromisoformat(event["occurred_at"]))
 
 
 @handlers.on("risk.commission.rejected")
 def on_rejected(session, event):
     p = event["payload"]
-    for line in domain._lines(session, p["order_no"], p["user_id"]):
+    for line in domain._risk_lines(session, p, datetime.fromisoformat(event["occurred_at"])):
         if line.status == "held":
             domain.reject(session, line, p.get("reason") or "rejected by risk review")
 

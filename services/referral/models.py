@@ -84,6 +84,7 @@ class Attribution(Base):
     cost_cents: Mapped[int] = mapped_column(Integer)
     limit_cents: Mapped[int] = mapped_column(Integer)
     refunded_quantity: Mapped[int] = mapped_column(Integer, default=0)
+    settled: Mapped[bool] = mapped_column(default=False)  # payout released the hold
     delivered_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -102,4 +103,6 @@ class CommissionLine(Base):
     # accrued -> released (hold over), held (risk flag) -> accrued | reversed, reversed (refund)
     status: Mapped[str] = mapped_column(String(16))
     flag_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # When risk last spoke about this line: an older flag or clearance arriving late is ignored.
+    risk_event_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

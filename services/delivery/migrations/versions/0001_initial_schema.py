@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 02:57:15.117976
+Create Date: 2026-11-22 03:03:18.356565
 """
 from alembic import op
 import sqlalchemy as sa
@@ -56,6 +56,7 @@ def upgrade() -> None:
     op.create_table('merchants',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('fee_bps', sa.Integer(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
@@ -68,6 +69,8 @@ def upgrade() -> None:
     sa.Column('amount_cents', sa.Integer(), nullable=False),
     sa.Column('cost_cents', sa.Integer(), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('fee_bps', sa.Integer(), nullable=False),
+    sa.Column('commission', sa.JSON(), nullable=False),
     sa.Column('email', sa.String(length=254), nullable=False),
     sa.Column('status', sa.String(length=24), nullable=False),
     sa.Column('provider', sa.String(length=32), nullable=False),
@@ -116,6 +119,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('max_per_order', sa.Integer(), nullable=False),
     sa.Column('instructions', sa.Text(), nullable=False),
+    sa.Column('commission', sa.JSON(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )

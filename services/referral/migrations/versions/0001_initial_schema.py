@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 03:01:08.423963
+Create Date: 2026-11-22 03:04:33.216647
 """
 from alembic import op
 import sqlalchemy as sa
@@ -32,6 +32,7 @@ def upgrade() -> None:
     sa.Column('cost_cents', sa.Integer(), nullable=False),
     sa.Column('limit_cents', sa.Integer(), nullable=False),
     sa.Column('refunded_quantity', sa.Integer(), nullable=False),
+    sa.Column('settled', sa.Boolean(), nullable=False),
     sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('order_no')
     )
@@ -105,6 +106,7 @@ def upgrade() -> None:
     sa.Column('reversed_cents', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('flag_reason', sa.String(length=300), nullable=True),
+    sa.Column('risk_event_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['order_no'], ['attributions.order_no'], ),
     sa.PrimaryKeyConstraint('id'),
