@@ -17,22 +17,23 @@ events_published = Counter("linkshop_events_published_total", "Events published 
 events_consumed = Counter("linkshop_events_consumed_total", "Events consumed, by outcome",
                           ["service", "type", "outcome"])
 outbox_pending = Gauge("linkshop_outbox_pending", "Outbox rows not yet published",
-                       ["service"], multiprocess_mode="max")
+                       ["service"], multiprocess_mode="livemostrecent")
 event_lag = Histogram("linkshop_event_lag_seconds", "From an event's occurrence to its handling",
                       ["service", "type"], buckets=LATENCY_BUCKETS + (30.0, 60.0, 300.0))
 orders = Counter("linkshop_orders_total", "Orders entering a status", ["status"])
 delivery_latency = Histogram("linkshop_delivery_latency_seconds", "Paid to delivered",
                              buckets=LATENCY_BUCKETS)
 stock_available = Gauge("linkshop_stock_available", "Keys available per product", ["product"],
-                        multiprocess_mode="max")
+                        multiprocess_mode="livemostrecent")
+revenue_cents = Counter("linkshop_revenue_cents_total", "Amount of delivered orders, in cents", ["currency"])
 commission_cents = Counter("linkshop_commission_cents_total", "Commission accrued, in cents", ["level"])
 ledger_imbalance = Gauge("linkshop_ledger_imbalance_cents", "Sum of all ledger postings (must be 0)",
-                         multiprocess_mode="max")
+                         multiprocess_mode="livemostrecent")
 payment_callbacks_rejected = Counter("linkshop_payment_callbacks_rejected_total",
                                      "Payment callbacks refused", ["provider", "reason"])
 worker_heartbeat = Gauge("linkshop_worker_heartbeat_timestamp_seconds",
                          "Last time the worker's loops made progress", ["service"],
-                         multiprocess_mode="max")
+                         multiprocess_mode="livemostrecent")
 
 
 def render() -> tuple[bytes, str]:

@@ -26,16 +26,13 @@ def ctx() -> ServiceContext:
 
 
 def create_service_app(service: str, settings: Settings, db: Database, outbox=None, bus=None) -> Flask:
-    if bus is None and not settings.embedded:
-        from .bus import make_bus
-        bus = make_bus(settings)  # only pinged by /readyz: the API never publishes itself
     app = Flask(f"linkshop.{service}", static_folder=None)
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024  # 100,000 keys in one import
     app.extensions["linkshop"] = ServiceContext(settings=settings, db=db, outbox=outbox)
     register_error_handlers(app)
     _install_request_metrics(app, service)
-    app.register_blueprint(_operational_blueprint(service, db, bus))
+    app.register_blueprint(_operational_blueprint(service, db, bus, settings.embedded))
     return app
 
 
@@ -53,7 +50,10 @@ def _install_request_metrics(app: Flask, service: str) -> None:
         return response
 
 
-def _operational_blueprint(service: str, db: Database, bus) -> Blueprint:
+def _operational_blueprint(service: str, db: Database, bus, embedded: bool) -> Blueprint:
+    """Health and metrics. In real mode the API's readiness is its database alone: it never
+    talks to the broker (the outbox absorbs a broker outage), so a RabbitMQ failure must not
+    take every API out of its Service. The worker's /readyz checks both."""
     bp = Blueprint(f"{service}_ops", __name__)
     bus_state = {"ok": None, "checked": 0.0}
 
@@ -79,6 +79,7 @@ def _operational_blueprint(service: str, db: Database, bus) -> Blueprint:
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
 
-    bp.add_url_rule(f"/{service}/metrics", f"{service}_metrics", expose)
+    if embedded:  # one port for everything; in real mode /metrics stays on the pod, off the Ingress
+        bp.add_url_rule(f"/{service}/metrics", f"{service}_metrics", expose)
     bp.add_url_rule("/metrics", "metrics", expose)
     return bp

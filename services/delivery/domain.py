@@ -325,9 +325,12 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
     }, order.order_no)
     latency = (now - order.paid_at).total_seconds()
 
+    amount, currency = order.amount_cents, order.currency
+
     def observe():
         metrics.orders.labels("delivered").inc()
         metrics.delivery_latency.observe(latency)
+        metrics.revenue_cents.labels(currency).inc(amount)
     after_commit(session, observe)
 
 
