@@ -28,6 +28,7 @@ class Settings:
     bus_url: str
     admin_token: str
     vault_key: str
+    vault_previous_keys: tuple[str, ...]
     token_secret: str
     sandbox_secret: str | None
     hold_seconds: int
@@ -111,6 +112,8 @@ def load_settings(service: str, env: os._Environ | dict | None = None) -> Settin
         bus_url=bus_url,
         admin_token=values["LINKSHOP_ADMIN_TOKEN"],
         vault_key=values["LINKSHOP_VAULT_KEY"],
+        vault_previous_keys=tuple(k.strip() for k in env.get("LINKSHOP_VAULT_PREVIOUS_KEYS", "").split(",")
+                                  if k.strip()),
         token_secret=values["LINKSHOP_TOKEN_SECRET"],
         sandbox_secret=sandbox_secret,
         hold_seconds=int(env.get("LINKSHOP_HOLD_SECONDS", 604800)),

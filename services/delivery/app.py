@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None, bus
     settings = settings or load_settings(SERVICE)
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
-    app.extensions["linkshop"].extra.update(vault=Vault(settings.vault_key), providers=providers_for(settings))
+    app.extensions["linkshop"].extra.update(vault=Vault(settings.vault_key, settings.vault_previous_keys), providers=providers_for(settings))
     app.register_error_handler(Refused, lambda exc: error_response(exc.status, exc.code, exc.message, exc.fields))
     app.register_blueprint(bp)
     return app

@@ -94,11 +94,13 @@ def import_keys(session: Session, vault: Vault, settings, product: Product, raw_
             duplicates += 1
             continue
         fresh[fingerprint] = secret
+    # During a vault key rotation older rows carry fingerprints under the previous key.
+    aliases = {alias: fp for fp, secret in fresh.items() for alias in vault.all_fingerprints(product.id, secret)}
     known: set[str] = set()
-    fingerprints = list(fresh)
-    for start in range(0, len(fingerprints), 5000):
-        chunk = fingerprints[start:start + 5000]
-        known.update(session.scalars(select(CardKey.fingerprint).where(
+    candidates = list(aliases)
+    for start in range(0, len(candidates), 5000):
+        chunk = candidates[start:start + 5000]
+        known.update(aliases[hit] for hit in session.scalars(select(CardKey.fingerprint).where(
             CardKey.product_id == product.id, CardKey.fingerprint.in_(chunk))))
     rows = [{"product_id": product.id, "secret": vault.encrypt(product.id, secret), "fingerprint": fp,
              "reusable": reusable, "created_at": now}
@@ -176,6 +178,22 @@ def reveal_keys(session: Session, vault: Vault, order: Order) -> list[str]:
                            .where(OrderKey.order_no == order.order_no, OrderKey.active.is_(True))
                            .order_by(OrderKey.position)).scalars()
     return [vault.decrypt(order.product_id, blob) for blob in rows]
+
+
+def rotate_vault(session: Session, vault: Vault, batch: int = 1000) -> int:
+    """Re-seal up to ``batch`` keys still under a previous vault key; returns how many."""
+    rows = session.scalars(select(CardKey).order_by(CardKey.id)).yield_per(batch)
+    done = 0
+    for key in rows:
+        if vault.is_current(key.secret):
+            continue
+        secret = vault.decrypt(key.product_id, key.secret)
+        key.secret = vault.encrypt(key.product_id, secret)
+        key.fingerprint = vault.fingerprint(key.product_id, secret)
+        done += 1
+        if done >= batch:
+            break
+    return done
 
 
 # -- orders ----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The card-key vault: AES-256-GCM at rest, and a keyed fingerprint for de-duplication.
 
-Both keys are derived (HKDF) from ``LINKSHOP_VAULT_KEY``. Each ciphertext is bound to its
-product (associated data), so a row copied onto another product does not decrypt.
+Both keys are derived (HKDF) from ``LINKSHOP_VAULT_KEY``. Each ciphertext names the key it
+was sealed with and is bound to its product (associated data), so a row copied onto another
+product does not decrypt. To rotate: set the new key, list the old one in
+``LINKSHOP_VAULT_PREVIOUS_KEYS``, run ``python -m services.manage rotate-vault``, then drop it.
 """
 from __future__ import annotations
 
@@ -21,22 +23,48 @@ def _derive(secret: str, purpose: bytes) -> bytes:
         .derive(secret.encode())
 
 
-class Vault:
+class _Key:
     def __init__(self, secret: str):
         if not secret or len(secret) < 16:
-            raise ValueError("LINKSHOP_VAULT_KEY must be at least 16 characters")
-        self._aead = AESGCM(_derive(secret, b"encrypt"))
-        self._fingerprint_key = _derive(secret, b"fingerprint")
+            raise ValueError("a vault key must be at least 16 characters")
+        encryption = _derive(secret, b"encrypt")
+        self.id = hashlib.sha256(encryption).digest()[:4]  # names the key, reveals nothing of it
+        self.aead = AESGCM(encryption)
+        self.fingerprint_key = _derive(secret, b"fingerprint")
+
+
+class Vault:
+    def __init__(self, secret: str, previous: tuple[str, ...] | list[str] = ()):
+        self._current = _Key(secret)
+        self._keys = {self._current.id: self._current}
+        for old in previous:
+            key = _Key(old)
+            self._keys.setdefault(key.id, key)
 
     def encrypt(self, product_id: str, secret: str) -> bytes:
         nonce = os.urandom(12)
-        return FORMAT_V1 + nonce + self._aead.encrypt(nonce, secret.encode(), product_id.encode())
+        return FORMAT_V1 + self._current.id + nonce + self._current.aead.encrypt(
+            nonce, secret.encode(), product_id.encode())
 
     def decrypt(self, product_id: str, blob: bytes) -> str:
         blob = bytes(blob)
         if blob[:1] != FORMAT_V1:
             raise ValueError("unknown vault format")
-        return self._aead.decrypt(blob[1:13], blob[13:], product_id.encode()).decode()
+        key = self._keys.get(blob[1:5])
+        if key is None:
+            raise ValueError("sealed with a vault key that is not configured")
+        return key.aead.decrypt(blob[5:17], blob[17:], product_id.encode()).decode()
+
+    def is_current(self, blob: bytes) -> bool:
+        return bytes(blob)[1:5] == self._current.id
 
     def fingerprint(self, product_id: str, secret: str) -> str:
-        return hmac.new(self._fingerprint_key, f"{product_id}\0{secret}".encode(), hashlib.sha256).hexdigest()
+        return self._fingerprint(self._current, product_id, secret)
+
+    def all_fingerprints(self, product_id: str, secret: str) -> list[str]:
+        """Under every configured key: during a rotation, old rows keep their old fingerprints."""
+        return [self._fingerprint(key, product_id, secret) for key in self._keys.values()]
+
+    @staticmethod
+    def _fingerprint(key: _Key, product_id: str, secret: str) -> str:
+        return hmac.new(key.fingerprint_key, f"{product_id}\0{secret}".encode(), hashlib.sha256).hexdigest()

@@ -64,3 +64,36 @@ def test_hundred_thousand_keys_in_one_request(shop):
     assert summary["available"] == 100_000
     order = shop.buy(pid, quantity=3)
     assert shop.view(order)["keys"] == keys[:3]
+
+
+def test_rotation_keeps_old_keys_readable_and_dedupe_working(make_shop, tmp_path):
+    old_key, new_key = "old-vault-key-0123456789", "new-vault-key-9876543210"
+    shop = make_shop(LINKSHOP_VAULT_KEY=old_key)
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, ["OLD-1", "OLD-2"])
+    first = shop.buy(pid)
+    db_path = shop.system.settings["delivery"].database_url
+    # restart on the same files with a new key, the old one listed as previous
+    from services.embedded import build_embedded
+    from services.delivery import domain
+    env = {"LINKSHOP_VAR_DIR": shop.system.settings["delivery"].database_url.split("sqlite:///")[1].rsplit("/", 1)[0],
+           "LINKSHOP_VAULT_KEY": new_key, "LINKSHOP_VAULT_PREVIOUS_KEYS": old_key, "BUS_RETRY_DELAYS_MS": "0"}
+    system = build_embedded(env, migrate=False)
+    delivery = system.apps["delivery"].test_client()
+    r = delivery.get(f"/delivery/v1/orders/{first['order_no']}?token={first['access_token']}")
+    assert r.json["keys"] == ["OLD-1"]
+    r = delivery.post(f"/delivery/v1/products/{pid}/keys", json={"keys": ["OLD-2", "NEW-1"]}, headers=merchant)
+    assert r.json == {"imported": 1, "duplicates": 1, "rejected": 0}
+    context = system.apps["delivery"].extensions["linkshop"]
+    with context.db.write() as s:
+        assert domain.rotate_vault(s, context.extra["vault"]) == 2
+    with context.db.write() as s:
+        assert domain.rotate_vault(s, context.extra["vault"]) == 0
+    # after rotation the previous key is no longer needed
+    system2 = build_embedded({**env, "LINKSHOP_VAULT_PREVIOUS_KEYS": ""}, migrate=False)
+    r = system2.apps["delivery"].test_client().get(f"/delivery/v1/orders/{first['order_no']}?token={first['access_token']}")
+    assert r.json["keys"] == ["OLD-1"]
+    r = system2.apps["delivery"].test_client().post(f"/delivery/v1/products/{pid}/keys",
+                                                    json={"keys": ["OLD-2"]}, headers=merchant)
+    assert r.json["duplicates"] == 1
