@@ -1,11 +1,13 @@
-"""JSON errors: ``{"error": {"code", "message", "fields"}}`` for every 4xx and 5xx."""
+"""JSON errors: ``{"error": {"code", "message", "fields"}}`` for every 4xx and 5xx.
+
+``ApiError`` is plain Python, so domain rules raise it without knowing about Flask; only the
+functions below that turn it into a response touch Flask.
+"""
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, request
 from marshmallow import Schema, ValidationError
-from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("linkshop.errors")
 
@@ -24,6 +26,7 @@ def not_found(what: str = "resource") -> ApiError:
 
 
 def error_response(status: int, code: str, message: str, fields: dict | None = None):
+    from flask import jsonify
     response = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
     response.status_code = status
     return response
@@ -31,6 +34,7 @@ def error_response(status: int, code: str, message: str, fields: dict | None = N
 
 def load_json(schema: Schema, *, partial: bool = False) -> dict:
     """Parse and validate the request body; unknown fields are refused (422)."""
+    from flask import request
     data = request.get_json(silent=True)
     if data is None:
         raise ApiError(400, "bad_json", "the body must be a JSON object")
@@ -43,13 +47,17 @@ def load_json(schema: Schema, *, partial: bool = False) -> dict:
 
 
 def load_args(schema: Schema) -> dict:
+    from flask import request
     try:
         return schema.load(request.args.to_dict())
     except ValidationError as exc:
         raise ApiError(422, "invalid", "the query has invalid parameters", exc.messages) from None
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app) -> None:
+    from flask import request
+    from werkzeug.exceptions import HTTPException
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.fields)

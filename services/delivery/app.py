@@ -2,11 +2,9 @@ from __future__ import annotations
 
 from shared.config import Settings, load_settings
 from shared.db import Database
-from shared.errors import error_response
 from shared.web import create_service_app
 
 from .api import bp
-from .domain import Refused
 from .models import Base, outbox
 from .payments import providers_for
 from .vault import Vault
@@ -23,6 +21,5 @@ def create_app(settings: Settings | None = None, db: Database | None = None, bus
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
     app.extensions["linkshop"].extra.update(vault=Vault(settings.vault_key, settings.vault_previous_keys), providers=providers_for(settings))
-    app.register_error_handler(Refused, lambda exc: error_response(exc.status, exc.code, exc.message, exc.fields))
     app.register_blueprint(bp)
     return app

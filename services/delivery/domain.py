@@ -17,8 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import metrics
+from shared.errors import ApiError
 from shared.auth import hash_secret
 from shared.db import after_commit, is_postgres
+from shared.projection import upsert_newer
 
 from .models import (CardKey, KeyPool, Merchant, MerchantKey, Order, OrderKey, Payment, Product,
                      RateLimit, Refund, StockState, outbox)
@@ -28,47 +30,23 @@ PAID_STATUSES = ("paid", "awaiting_stock", "delivered", "partially_refunded")
 MAX_SECRET_LENGTH = 4096
 
 
-class Refused(Exception):
-    """A request the rules refuse; the API turns it into a 4xx JSON error."""
-
-    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
-
-
 # -- projections -----------------------------------------------------------------------------
 
 def upsert_product(session: Session, p: dict) -> None:
-    """Events may be redelivered or reordered: only a newer version replaces an older one."""
-    product = session.get(Product, p["product_id"], with_for_update=True)
-    if product is not None and product.version >= p["version"]:
-        return
-    if product is None:
-        product = Product(id=p["product_id"])
-        session.add(product)
-    product.merchant_id = p["merchant_id"]
-    product.title = p["title"]
-    product.price_cents = p["price_cents"]
-    product.cost_cents = p.get("cost_cents", 0)
-    product.currency = p["currency"]
-    product.status = p["status"]
-    product.max_per_order = p["max_per_order"]
-    product.instructions = p.get("instructions", "")
-    product.commission = p.get("commission") or {"levels_bps": [], "cap_bps": None}
-    product.version = p["version"]
+    upsert_newer(session, Product, p["product_id"], p["version"], merchant_id=p["merchant_id"],
+                 title=p["title"], price_cents=p["price_cents"], cost_cents=p.get("cost_cents", 0),
+                 currency=p["currency"], status=p["status"], max_per_order=p["max_per_order"],
+                 instructions=p.get("instructions", ""),
+                 commission=p.get("commission") or {"levels_bps": [], "cap_bps": None})
 
 
 def upsert_merchant(session: Session, p: dict) -> None:
-    merchant = session.get(Merchant, p["merchant_id"], with_for_update=True)
-    if merchant is not None and merchant.version >= p["version"]:
+    if not upsert_newer(session, Merchant, p["merchant_id"], p["version"], status=p["status"],
+                        fee_bps=p.get("fee_bps", 200)):
         return
-    if merchant is None:
-        merchant = Merchant(id=p["merchant_id"])
-        session.add(merchant)
-    merchant.status, merchant.fee_bps, merchant.version = p["status"], p.get("fee_bps", 200), p["version"]
-    session.execute(delete(MerchantKey).where(MerchantKey.merchant_id == merchant.id))
+    session.execute(delete(MerchantKey).where(MerchantKey.merchant_id == p["merchant_id"]))
     if p["status"] == "active" and p["api_key_hashes"]:
-        session.execute(insert(MerchantKey), [{"key_hash": h, "merchant_id": merchant.id}
+        session.execute(insert(MerchantKey), [{"key_hash": h, "merchant_id": p["merchant_id"]}
                                               for h in p["api_key_hashes"]])
 
 
@@ -221,10 +199,10 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
     product = session.get(Product, data["product_id"])
     merchant = session.get(Merchant, product.merchant_id) if product is not None else None
     if product is None or product.status != "active" or merchant is None or merchant.status != "active":
-        raise Refused(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
+        raise ApiError(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
     quantity = data["quantity"]
     if quantity > product.max_per_order:
-        raise Refused(422, "invalid", f"at most {product.max_per_order} per order",
+        raise ApiError(422, "invalid", f"at most {product.max_per_order} per order",
                       {"quantity": [f"must be at most {product.max_per_order}"]})
     token = secrets.token_urlsafe(24)
     order = Order(
@@ -242,7 +220,7 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
     session.add(order)
     session.flush()
     if not _allocate(session, order, list(range(quantity))):
-        raise Refused(409, "out_of_stock", "not enough keys in stock for this order")
+        raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
     outbox.add(session, "delivery.order.created", {
         "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
         "quantity": quantity, "amount_cents": order.amount_cents, "currency": order.currency,
@@ -279,7 +257,7 @@ def risk_gate(order: Order, settings) -> str:
 
 def _reject_callback(provider: str, reason: str, status: int, code: str, message: str):
     metrics.payment_callbacks_rejected.labels(provider, reason).inc()
-    return Refused(status, code, message)
+    return ApiError(status, code, message)
 
 
 def apply_payment(session: Session, settings, provider: str, notice, now: datetime) -> str:
@@ -384,16 +362,16 @@ def apply_risk_decision(session: Session, settings, payload: dict, now: datetime
 
 def replace_key(session: Session, order: Order, key_index: int, now: datetime) -> None:
     if order.status not in ("delivered", "partially_refunded"):
-        raise Refused(409, "not_delivered", "only a delivered order's keys can be replaced")
+        raise ApiError(409, "not_delivered", "only a delivered order's keys can be replaced")
     rows = active_keys(session, order.order_no)
     if key_index >= len(rows):
-        raise Refused(422, "invalid", "no such key in this order", {"key_index": [f"must be below {len(rows)}"]})
+        raise ApiError(422, "invalid", "no such key in this order", {"key_index": [f"must be below {len(rows)}"]})
     row = rows[key_index]
     if row.reusable:
-        raise Refused(409, "reusable_key", "a shared (reusable) key cannot be swapped for a fresh one")
+        raise ApiError(409, "reusable_key", "a shared (reusable) key cannot be swapped for a fresh one")
     ids = claim_keys(session, order.product_id, 1)
     if not ids:
-        raise Refused(409, "out_of_stock", "no fresh key in stock to replace it with")
+        raise ApiError(409, "out_of_stock", "no fresh key in stock to replace it with")
     row.active = False
     session.get(CardKey, row.key_id).retired_at = now
     session.add(OrderKey(order_no=order.order_no, position=row.position, key_id=ids[0], reusable=False, active=True))
@@ -402,15 +380,15 @@ def replace_key(session: Session, order: Order, key_index: int, now: datetime) -
 def refund(session: Session, order: Order, quantity: int | None, reason: str, now: datetime,
            final_status: str | None = None) -> Refund:
     if order.status not in PAID_STATUSES:
-        raise Refused(409, "not_refundable", f"an order that is {order.status} cannot be refunded")
+        raise ApiError(409, "not_refundable", f"an order that is {order.status} cannot be refunded")
     remaining = order.quantity - order.refunded_quantity
     quantity = remaining if quantity is None else quantity
     if quantity > remaining:
-        raise Refused(422, "invalid", f"only {remaining} keys left to refund", {"quantity": [f"at most {remaining}"]})
+        raise ApiError(422, "invalid", f"only {remaining} keys left to refund", {"quantity": [f"at most {remaining}"]})
     delivered = order.delivered_at is not None
     if not delivered:
         if quantity != remaining:
-            raise Refused(422, "invalid", "an undelivered order is refunded whole", {"quantity": ["refund all of it"]})
+            raise ApiError(422, "invalid", "an undelivered order is refunded whole", {"quantity": ["refund all of it"]})
         release_keys(session, order)
     total_quantity = order.refunded_quantity + quantity
     # Cumulative rounding: the last refund takes the remainder, so refunds add up to the amount.

@@ -14,19 +14,15 @@ from sqlalchemy import func, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from shared import metrics
+from shared.errors import ApiError
 from shared.db import after_commit, is_postgres
 from shared.inbox import NotReady
+from shared.projection import upsert_newer
 
 from .models import Attribution, CommissionLine, Merchant, Product, Setting, User, outbox
 
 MAX_LEVELS = 3
 INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes are read aloud
-
-
-class Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
 
 
 def normalise_email(email: str) -> str:
@@ -74,12 +70,12 @@ def set_binding_rule(session: Session, mode: str, lock_days: int) -> None:
 def register(session: Session, email: str, invite_code: str | None, client: dict, now: datetime) -> User:
     normalised = normalise_email(email)
     if session.scalar(select(User.id).where(User.email == normalised)):
-        raise Refused(409, "already_registered", "this email is already registered")
+        raise ApiError(409, "already_registered", "this email is already registered")
     parent = None
     if invite_code:
         parent = user_by_code(session, invite_code)
         if parent is None:
-            raise Refused(422, "unknown_invite_code", "no user has this invite code",
+            raise ApiError(422, "unknown_invite_code", "no user has this invite code",
                           {"invite_code": ["unknown invite code"]})
     user = User(id=f"usr_{secrets.token_hex(8)}", email=normalised, email_hash=email_hash(normalised),
                 invite_code=new_invite_code(), parent_id=parent.id if parent else None,
@@ -101,17 +97,17 @@ def bind(session: Session, user: User, invite_code: str, now: datetime) -> User:
         session.execute(text("SELECT pg_advisory_xact_lock(731001)"))
     parent = user_by_code(session, invite_code)
     if parent is None:
-        raise Refused(422, "unknown_invite_code", "no user has this invite code", {"invite_code": ["unknown"]})
+        raise ApiError(422, "unknown_invite_code", "no user has this invite code", {"invite_code": ["unknown"]})
     if parent.id == user.id:
-        raise Refused(422, "self_invite", "a user cannot invite themselves", {"invite_code": ["your own code"]})
+        raise ApiError(422, "self_invite", "a user cannot invite themselves", {"invite_code": ["your own code"]})
     if parent.id == user.parent_id:
         return user
     if user.parent_id is not None:
         rule = binding_rule(session)
         if rule["mode"] != "lock" or now < user.bound_at + timedelta(days=rule["lock_days"]):
-            raise Refused(409, "binding_locked", "this user is already bound to an inviter")
+            raise ApiError(409, "binding_locked", "this user is already bound to an inviter")
     if user.id in ancestors(parent):  # the whole chain, not one hop
-        raise Refused(422, "would_create_cycle", "the inviter is in this user's own team",
+        raise ApiError(422, "would_create_cycle", "the inviter is in this user's own team",
                       {"invite_code": ["would create a cycle"]})
     old_prefix = f"{user.path}{user.id}/"
     new_path = f"{parent.path}{parent.id}/"
@@ -131,26 +127,13 @@ def bind(session: Session, user: User, invite_code: str, now: datetime) -> User:
 # -- projections -----------------------------------------------------------------------------
 
 def upsert_product(session: Session, p: dict) -> None:
-    product = session.get(Product, p["product_id"], with_for_update=True)
-    if product is not None and product.version >= p["version"]:
-        return
-    if product is None:
-        product = Product(id=p["product_id"])
-        session.add(product)
     rule = p.get("commission") or {}
-    product.merchant_id, product.title, product.version = p["merchant_id"], p["title"], p["version"]
-    product.levels_bps = list(rule.get("levels_bps") or [])[:MAX_LEVELS]
-    product.cap_bps = rule.get("cap_bps")
+    upsert_newer(session, Product, p["product_id"], p["version"], merchant_id=p["merchant_id"], title=p["title"],
+                 levels_bps=list(rule.get("levels_bps") or [])[:MAX_LEVELS], cap_bps=rule.get("cap_bps"))
 
 
 def upsert_merchant(session: Session, p: dict) -> None:
-    merchant = session.get(Merchant, p["merchant_id"], with_for_update=True)
-    if merchant is not None and merchant.version >= p["version"]:
-        return
-    if merchant is None:
-        merchant = Merchant(id=p["merchant_id"])
-        session.add(merchant)
-    merchant.fee_bps, merchant.version = p.get("fee_bps", 200), p["version"]
+    upsert_newer(session, Merchant, p["merchant_id"], p["version"], fee_bps=p.get("fee_bps", 200))
 
 
 # -- commission ------------------------------------------------------------------------------
@@ -290,7 +273,7 @@ def clear(session: Session, p: dict, at: datetime) -> None:
 
 def reject(session: Session, line: CommissionLine, reason: str) -> None:
     if line.status != "held":
-        raise Refused(409, "not_held", f"the line is {line.status}, not held")
+        raise ApiError(409, "not_held", f"the line is {line.status}, not held")
     amount = line.amount_cents - line.reversed_cents
     line.status, line.reversed_cents, line.flag_reason = "reversed", line.amount_cents, reason
     _publish_reversal(session, line.order_no, [{"user_id": line.user_id, "level": line.level,
