@@ -238,6 +238,7 @@ def _provider(name: str):
 
 def _process_notice(provider, raw_body: bytes, headers) -> dict:
     from shared import metrics
+    received = utcnow()  # the order counts as paid from the moment the notice arrived
     try:
         notice = provider.verify(raw_body, headers)
     except SignatureError:
@@ -248,7 +249,7 @@ def _process_notice(provider, raw_body: bytes, headers) -> dict:
         raise ApiError(400, "bad_notice", "the notification is malformed", exc.fields) from None
     c = ctx()
     with c.db.write() as s:
-        outcome = domain.apply_payment(s, c.settings, provider.name, notice, utcnow())
+        outcome = domain.apply_payment(s, c.settings, provider.name, notice, received)
     return {"ok": True, "order_no": notice.order_no, "outcome": outcome}
 
 

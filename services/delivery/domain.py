@@ -20,6 +20,7 @@ from shared import metrics
 from shared.errors import ApiError
 from shared.auth import hash_secret
 from shared.db import after_commit, is_postgres
+from shared.events import utcnow
 from shared.projection import upsert_newer
 
 from .models import (CardKey, KeyPool, Merchant, MerchantKey, Order, OrderKey, Payment, Product,
@@ -311,13 +312,14 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
             order.status = "awaiting_stock"
             after_commit(session, lambda: metrics.orders.labels("awaiting_stock").inc())
         return
-    order.status, order.delivered_at = "delivered", now
+    delivered_at = utcnow()  # not `now`: that may be when the payment notice arrived
+    order.status, order.delivered_at = "delivered", delivered_at
     outbox.add(session, "delivery.order.delivered", {
         "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
         "quantity": order.quantity, "amount_cents": order.amount_cents, "cost_cents": order.cost_cents,
         "currency": order.currency, "fee_bps": order.fee_bps, "commission": order.commission,
         "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
-        "email": order.email, "paid_at": order.paid_at.isoformat(), "delivered_at": now.isoformat(),
+        "email": order.email, "paid_at": order.paid_at.isoformat(), "delivered_at": delivered_at.isoformat(),
     }, order.order_no)
     latency = (now - order.paid_at).total_seconds()
 
