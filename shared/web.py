@@ -79,6 +79,13 @@ def _operational_blueprint(service: str, db: Database, bus, embedded: bool) -> B
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
 
+    @bp.get(f"/{service}/openapi.json")
+    def openapi():
+        from flask import current_app
+
+        from .openapi import build_spec
+        return jsonify(build_spec(current_app, service))
+
     if embedded:  # one port for everything; in real mode /metrics stays on the pod, off the Ingress
         bp.add_url_rule(f"/{service}/metrics", f"{service}_metrics", expose)
     bp.add_url_rule("/metrics", "metrics", expose)

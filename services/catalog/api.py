@@ -5,6 +5,7 @@ from sqlalchemy import func, or_, select
 
 from shared.auth import bearer_token, is_admin, require_admin
 from shared.errors import ApiError, load_args, load_json, not_found
+from shared.openapi import documented
 from shared.web import ctx
 
 from . import domain
@@ -41,6 +42,7 @@ def current_merchant(session) -> Merchant:
 
 
 @bp.post("/merchants")
+@documented(body=MerchantCreateSchema)
 def create_merchant():
     c = ctx()
     require_admin(c.settings.admin_token)
@@ -78,6 +80,7 @@ def rotate_key(merchant_id):
 
 
 @bp.post("/products")
+@documented(body=ProductCreateSchema)
 def create_product():
     c = ctx()
     data = load_json(ProductCreateSchema())
@@ -89,6 +92,7 @@ def create_product():
 
 
 @bp.patch("/products/<product_id>")
+@documented(body=ProductPatchSchema)
 def patch_product(product_id):
     c = ctx()
     changes = load_json(ProductPatchSchema())
@@ -103,6 +107,7 @@ def patch_product(product_id):
 
 
 @bp.get("/products")
+@documented(query=PageSchema)
 def list_products():
     c = ctx()
     args = load_args(PageSchema())

@@ -12,6 +12,7 @@ from shared import idempotency as idem
 from shared.auth import bearer_token, hash_secret, is_admin, verify_user_token
 from shared.errors import ApiError, load_args, load_json, not_found
 from shared.events import utcnow
+from shared.openapi import documented
 from shared.web import ctx
 
 from . import domain
@@ -74,6 +75,7 @@ def _pay_url(order_no: str, token: str) -> str:
 # -- vault -----------------------------------------------------------------------------------
 
 @bp.post("/products/<product_id>/keys")
+@documented(body=KeyImportSchema)
 def import_keys(product_id):
     c = ctx()
     data = load_json(KeyImportSchema())
@@ -112,6 +114,7 @@ def key_summary(product_id):
 # -- orders ----------------------------------------------------------------------------------
 
 @bp.post("/orders")
+@documented(body=OrderCreateSchema)
 def create_order():
     c = ctx()
     data = load_json(OrderCreateSchema())
@@ -151,6 +154,7 @@ def get_order(order_no):
 
 
 @bp.post("/orders/lookup")
+@documented(body=LookupSchema)
 def lookup_orders():
     c = ctx()
     data = load_json(LookupSchema())
@@ -175,6 +179,7 @@ def lookup_orders():
 
 
 @bp.post("/orders/<order_no>/replace")
+@documented(body=ReplaceSchema)
 def replace_key(order_no):
     c = ctx()
     data = load_json(ReplaceSchema())
@@ -188,6 +193,7 @@ def replace_key(order_no):
 
 
 @bp.post("/orders/<order_no>/refund")
+@documented(body=RefundSchema)
 def refund_order(order_no):
     c = ctx()
     data = load_json(RefundSchema())
@@ -265,6 +271,7 @@ button{{font-size:1.1em;padding:.5em 1.5em}}</style></head><body>{body}</body></
 
 
 @bp.route("/payments/sandbox/pay/<order_no>", methods=["GET", "POST"])
+@documented(query=OrderTokenSchema)
 def sandbox_pay_page(order_no):
     """A person 'pays' in the browser; the page makes the same signed call a provider would."""
     c = ctx()

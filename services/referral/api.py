@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from shared.auth import bearer_token, is_admin, issue_user_token, require_admin, verify_user_token
 from shared.errors import ApiError, load_args, load_json, not_found
 from shared.events import utcnow
+from shared.openapi import documented
 from shared.web import ctx
 
 from . import domain
@@ -38,6 +39,7 @@ def _user_view(user: User) -> dict:
 
 
 @bp.post("/users")
+@documented(body=RegisterSchema)
 def register():
     c = ctx()
     data = load_json(RegisterSchema())
@@ -59,6 +61,7 @@ def get_user(user_id):
 
 
 @bp.post("/users/<user_id>/bind")
+@documented(body=BindSchema)
 def bind(user_id):
     _caller_may_see(user_id)
     data = load_json(BindSchema())
@@ -71,6 +74,7 @@ def bind(user_id):
 
 
 @bp.put("/settings/binding")
+@documented(body=BindingRuleSchema)
 def set_binding():
     c = ctx()
     require_admin(c.settings.admin_token)
@@ -87,6 +91,7 @@ def get_binding():
 
 
 @bp.get("/users/<user_id>/team")
+@documented(query=TeamQuerySchema)
 def team(user_id):
     _caller_may_see(user_id)
     args = load_args(TeamQuerySchema())
@@ -111,6 +116,7 @@ def _line_view(line: CommissionLine) -> dict:
 
 
 @bp.get("/users/<user_id>/commissions")
+@documented(query=PageSchema)
 def commissions(user_id):
     _caller_may_see(user_id)
     args = load_args(PageSchema())
@@ -124,6 +130,7 @@ def commissions(user_id):
 
 
 @bp.get("/orders/<order_no>/explain")
+@documented(query=ExplainQuerySchema)
 def explain(order_no):
     user_id = load_args(ExplainQuerySchema())["user_id"]
     _caller_may_see(user_id)
@@ -132,6 +139,7 @@ def explain(order_no):
 
 
 @bp.get("/commissions/held")
+@documented(query=PageSchema)
 def held_lines():
     c = ctx()
     require_admin(c.settings.admin_token)
@@ -143,6 +151,7 @@ def held_lines():
 
 
 @bp.post("/commissions/<int:line_id>/<decision>")
+@documented(body=DecisionSchema)
 def decide(line_id, decision):
     """The operator's answer to a held line: approve → it goes on; reject → reversed."""
     c = ctx()
