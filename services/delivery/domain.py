@@ -448,6 +448,11 @@ def sync_stock(session: Session, floor: int, now: datetime) -> int:
     return published
 
 
+def forget_old_rate_windows(session: Session, now: datetime, window_s: int = 60) -> int:
+    current = int(now.timestamp()) // window_s
+    return session.execute(delete(RateLimit).where(RateLimit.window_start < current - 1)).rowcount
+
+
 def rate_limited(session: Session, key: str, limit: int, now: datetime, window_s: int = 60) -> bool:
     """Count one hit in a fixed window shared by every API process; True once over ``limit``."""
     window = int(now.timestamp()) // window_s

@@ -20,11 +20,16 @@ def build_worker(settings: Settings, db: Database | None = None) -> WorkerSpec:
                 if domain.expire_reservations(session, utcnow()) < 500:
                     return
 
+    def forget_rate_windows():
+        with db.write() as session:
+            domain.forget_old_rate_windows(session, utcnow())
+
     def stock():
         with db.write() as session:
             domain.sync_stock(session, settings.stock_low_floor, utcnow())
 
-    jobs = [Job("expire_reservations", 1.0, expire), Job("sync_stock", settings.stock_sync_interval_s, stock)]
+    jobs = [Job("expire_reservations", 1.0, expire), Job("sync_stock", settings.stock_sync_interval_s, stock),
+            Job("forget_rate_windows", 300.0, forget_rate_windows)]
     return WorkerSpec(SERVICE, db, outbox, inbox, build_handlers(settings), jobs)
 
 

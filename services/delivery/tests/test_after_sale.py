@@ -143,3 +143,15 @@ def test_lookup_is_rate_limited(shop):
     codes = [shop.delivery.post("/delivery/v1/orders/lookup", json={"email": "x@example.com"}).status_code
              for _ in range(7)]
     assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+
+
+def test_old_rate_limit_windows_are_forgotten(shop):
+    from datetime import timedelta
+    from services.delivery import domain
+    from shared.events import utcnow
+    db = shop.system.apps["delivery"].extensions["linkshop"].db
+    with db.write() as s:
+        domain.rate_limited(s, "old", 5, utcnow() - timedelta(minutes=10))
+        domain.rate_limited(s, "new", 5, utcnow())
+    with db.write() as s:
+        assert domain.forget_old_rate_windows(s, utcnow()) == 1
