@@ -185,12 +185,17 @@ class AmqpBus:
         backoff = 0.5
         while not stop.is_set():
             try:
-                with self._connect() as conn:
+                # Retries are published on a connection of their own: waiting for a publisher
+                # confirm on the consuming connection would dispatch further deliveries inside the
+                # failed message's callback, nesting without bound and never getting back to the
+                # loop below that checks ``stop`` (a failing backlog would then ignore SIGTERM).
+                with self._connect() as conn, self._connect() as retry_conn:
                     conn.ensure_connection(max_retries=3)
+                    retry_conn.ensure_connection(max_retries=3)
                     self.declare(conn)
                     channel = conn.channel()
                     channel.basic_qos(0, prefetch, False)
-                    retry_producer = Producer(conn.channel())
+                    retry_producer = Producer(retry_conn.channel())
                     queue = Queue(topology.inbox_queue(service), no_declare=True)
 
                     def on_message(message):

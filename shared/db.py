@@ -26,7 +26,9 @@ class Database:
             _configure_sqlite(engine)
             write_engine = engine.execution_options(linkshop_write=True)
         else:
-            engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # No pre-ping: it costs a round trip per transaction on the hot path. A connection
+            # the server dropped fails one transaction and is then discarded by the pool.
+            engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
             write_engine = engine
         self.engine = engine
         self._read = sessionmaker(bind=engine, expire_on_commit=False)
@@ -38,6 +40,7 @@ class Database:
         session = self._write()
         try:
             yield session
+            _insert_deferred(session)
             session.commit()
             for callback in session.info.pop("after_commit", ()):
                 callback()
@@ -86,6 +89,17 @@ def _configure_sqlite(engine) -> None:
     def _on_begin(conn):
         write = conn.get_execution_options().get("linkshop_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def defer_insert(session: Session, table, row: dict) -> None:
+    """Insert ``row`` just before the transaction commits, together with the others for the
+    same table: one statement for all of a transaction's outbox events."""
+    session.info.setdefault("deferred_inserts", {}).setdefault(table, []).append(row)
+
+
+def _insert_deferred(session: Session) -> None:
+    for table, rows in session.info.pop("deferred_inserts", {}).items():
+        session.execute(table.insert(), rows)
 
 
 def after_commit(session: Session, callback) -> None:

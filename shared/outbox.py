@@ -10,7 +10,7 @@ from sqlalchemy import (BigInteger, Column, Index, Integer, MetaData, String, Ta
 from sqlalchemy.orm import Session
 
 from . import metrics
-from .db import Database, UtcDateTime
+from .db import Database, UtcDateTime, defer_insert
 from .events import make_envelope, utcnow
 
 log = logging.getLogger("linkshop.outbox")
@@ -34,9 +34,9 @@ class Outbox:
 
     def add(self, session: Session, type_: str, payload: dict, correlation_id: str | None = None) -> dict:
         envelope = make_envelope(type_, payload, producer=self.producer, correlation_id=correlation_id)
-        session.execute(self.table.insert().values(
-            event_id=envelope["id"], type=type_, body=json.dumps(envelope, separators=(",", ":")),
-            created_at=utcnow()))
+        defer_insert(session, self.table, {"event_id": envelope["id"], "type": type_,
+                                           "body": json.dumps(envelope, separators=(",", ":")),
+                                           "created_at": utcnow()})
         return envelope
 
     def pending_count(self, session: Session) -> int:

@@ -87,7 +87,9 @@ def import_keys(session: Session, vault: Vault, settings, product: Product, raw_
     duplicates += len(fresh) - len(rows)
     if rows:
         ids = session.scalars(insert(CardKey).returning(CardKey.id, sort_by_parameter_order=True), rows).all()
-        if not reusable:
+        if reusable:
+            product.reusable_keys = (product.reusable_keys or 0) + len(ids)
+        else:
             session.execute(insert(KeyPool), [{"key_id": key_id, "product_id": product.id} for key_id in ids])
         fill_awaiting_orders(session, settings, product.id, now)
     return {"imported": len(rows), "duplicates": duplicates, "rejected": rejected}
@@ -114,7 +116,8 @@ def _allocate(session: Session, order: Order, positions: list[int], keep_going: 
     """Give the order keys for ``positions``: all of them, or none (False). With
     ``keep_going`` a shortfall is undone by a savepoint, so the caller's transaction can go
     on (a payment that must stand even when the keys are gone)."""
-    reusable = reusable_key_ids(session, order.product_id)
+    product = session.get(Product, order.product_id)
+    reusable = reusable_key_ids(session, order.product_id) if product is not None and product.reusable_keys else []
     if reusable:
         rows = [{"order_no": order.order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
                  "reusable": True, "active": True} for pos in positions]
@@ -197,9 +200,10 @@ def check_query_password(password: str, stored: str | None) -> bool:
 
 def create_order(session: Session, settings, data: dict, client: dict, provider: str,
                  now: datetime) -> tuple[Order, str]:
-    product = session.get(Product, data["product_id"])
-    merchant = session.get(Merchant, product.merchant_id) if product is not None else None
-    if product is None or product.status != "active" or merchant is None or merchant.status != "active":
+    row = session.execute(select(Product, Merchant).join(Merchant, Merchant.id == Product.merchant_id)
+                          .where(Product.id == data["product_id"])).first()
+    product, merchant = row if row is not None else (None, None)
+    if product is None or product.status != "active" or merchant.status != "active":
         raise ApiError(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
     quantity = data["quantity"]
     if quantity > product.max_per_order:
@@ -291,7 +295,8 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
         "provider": provider, "provider_txn_id": notice.txn_id, "paid_at": now.isoformat(),
     }, order.order_no)
     after_commit(session, lambda: metrics.orders.labels("paid").inc())
-    fulfil(session, settings, order, now)
+    with session.no_autoflush:  # the payment and both status changes go out in one flush at commit
+        fulfil(session, settings, order, now)
     return order.status
 
 
@@ -305,7 +310,8 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
         return
     if gate != "approve":
         return
-    held = {row.position for row in active_keys(session, order.order_no)}
+    held = set(session.scalars(select(OrderKey.position).where(OrderKey.order_no == order.order_no,
+                                                                OrderKey.active.is_(True))))
     missing = [pos for pos in range(order.quantity) if pos not in held]
     if missing and not _allocate(session, order, missing, keep_going=True):
         if order.status != "awaiting_stock":
@@ -321,13 +327,11 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
         "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
         "email": order.email, "paid_at": order.paid_at.isoformat(), "delivered_at": delivered_at.isoformat(),
     }, order.order_no)
-    latency = (now - order.paid_at).total_seconds()
+    paid_at, amount, currency = order.paid_at, order.amount_cents, order.currency
 
-    amount, currency = order.amount_cents, order.currency
-
-    def observe():
+    def observe():  # from the payment notice's arrival to the commit that delivered the keys
         metrics.orders.labels("delivered").inc()
-        metrics.delivery_latency.observe(latency)
+        metrics.delivery_latency.observe((utcnow() - paid_at).total_seconds())
         metrics.revenue_cents.labels(currency).inc(amount)
     after_commit(session, observe)
 

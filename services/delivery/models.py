@@ -37,6 +37,8 @@ class Product(Base):
     instructions: Mapped[str] = mapped_column(Text, default="")
     commission: Mapped[dict] = mapped_column(JSON, default=dict)
     version: Mapped[int] = mapped_column(Integer)
+    # delivery's own: how many reusable keys the vault holds (skips a query per order)
+    reusable_keys: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class MerchantKey(Base):

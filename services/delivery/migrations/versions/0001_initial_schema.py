@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 03:03:18.356565
+Create Date: 2026-11-22 03:44:50.689984
 """
 from alembic import op
 import sqlalchemy as sa
@@ -121,6 +121,7 @@ def upgrade() -> None:
     sa.Column('instructions', sa.Text(), nullable=False),
     sa.Column('commission', sa.JSON(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('reusable_keys', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('products', schema=None) as batch_op:
