@@ -1,0 +1,348 @@
+"""Purchase benchmark against real mode on this machine (``make bench``).
+
+Starts the stack itself (``python -m scripts.stack up``, what ``make up`` runs) when nothing
+answers on the catalog and delivery ports, and stops it again afterwards unless ``--keep-up``.
+
+    1. set-up: a merchant, a product, enough keys imported for every order;
+    2. one buyer, one purchase after the other: paid -> delivered latency without contention;
+    3. N concurrent buyers, each ordering and paying in a loop: orders per second and
+       paid -> delivered latency at full load;
+    4. every order is read back with its access token: each must be delivered, and no key may
+       appear in two orders (``duplicate_keys``).
+
+paid -> delivered is the round trip of the signed payment callback: delivery marks the order
+paid and sells its keys in the same transaction, so the provider's call returning is the
+moment the buyer's keys are there (the bench checks the outcome says ``delivered``). Beside
+it, the ``server_*`` figures come from delivery's own ``linkshop_delivery_latency_seconds``
+histogram (scraped before and after each phase; quantiles interpolated within buckets).
+
+The load client runs on the same cores as the services (as in the issue's reference figures);
+it uses keep-alive ``http.client`` connections, which cost far less CPU than ``requests``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.common import machine, percentile, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / "var" / "run"
+
+
+class Http:
+    """One keep-alive connection per thread."""
+
+    def __init__(self, base_url: str):
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        return conn
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                retry: bool = False) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            except (ConnectionError, http.client.HTTPException, OSError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2 or not retry:
+                    raise
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, data=None, headers=None, retry=False) -> tuple[int, dict]:
+        body = json.dumps(data, separators=(",", ":")).encode() if data is not None else None
+        status, raw = self.request(method, path, body, headers, retry)
+        try:
+            return status, json.loads(raw) if raw else {}
+        except ValueError:
+            return status, {"raw": raw[:200].decode(errors="replace")}
+
+
+def _ready(base_url: str, service: str) -> bool:
+    try:
+        status, _ = Http(base_url).request("GET", f"/{service}/readyz")
+        return status == 200
+    except OSError:
+        return False
+
+
+def ensure_stack(catalog: str, delivery: str) -> bool:
+    """True when this run started the stack (and so should stop it)."""
+    if _ready(catalog, "catalog") and _ready(delivery, "delivery"):
+        return False
+    print("nothing answers on the catalog and delivery ports: starting real mode (make up) ...", flush=True)
+    if subprocess.run([sys.executable, "-m", "scripts.stack", "up"], cwd=ROOT).returncode != 0:
+        raise SystemExit("bench: could not start real mode (see above)")
+    return True
+
+
+def source_version() -> str | None:
+    """The commit measured, ``+dirty`` when tracked files differ from it (``LINKSHOP_COMMIT``
+    where there is no git checkout, e.g. in a container or an exported tree)."""
+    if os.environ.get("LINKSHOP_COMMIT"):
+        return os.environ["LINKSHOP_COMMIT"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def admin_token() -> str:
+    token = os.environ.get("LINKSHOP_ADMIN_TOKEN")
+    if token:
+        return token
+    try:
+        for line in (RUN_DIR / "secrets.env").read_text().splitlines():
+            if line.startswith("LINKSHOP_ADMIN_TOKEN="):
+                return line.split("=", 1)[1].strip()
+    except FileNotFoundError:
+        pass
+    raise SystemExit("LINKSHOP_ADMIN_TOKEN is not set and var/run/secrets.env has none: "
+                     "export the token the running stack uses")
+
+
+class Shop:
+    def __init__(self, catalog: str, delivery: str, sandbox_secret: str):
+        self.catalog, self.delivery = Http(catalog), Http(delivery)
+        self.secret = sandbox_secret.encode()
+
+    def setup(self, token: str, keys: int, price_cents: int) -> tuple[str, list[str]]:
+        status, merchant = self.catalog.json("POST", "/catalog/v1/merchants", {
+            "name": "bench", "email": "bench@example.com"}, {"Authorization": f"Bearer {token}"})
+        if status != 201:
+            raise SystemExit(f"creating the merchant failed: {status} {merchant}")
+        auth = {"Authorization": f"Bearer {merchant['api_key']}"}
+        status, product = self.catalog.json("POST", "/catalog/v1/products", {
+            "title": "bench key", "price_cents": price_cents, "max_per_order": 10}, auth)
+        if status != 201:
+            raise SystemExit(f"creating the product failed: {status} {product}")
+        secrets_ = [f"BENCH-{secrets.token_hex(12)}" for _ in range(keys)]
+        for start in range(0, keys, 20000):
+            batch = secrets_[start:start + 20000]
+            deadline = time.monotonic() + 30
+            while True:  # delivery learns the merchant and product from catalog's events
+                status, body = self.delivery.json("POST", f"/delivery/v1/products/{product['id']}/keys",
+                                                  {"keys": batch}, auth)
+                if status not in (401, 404) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            if status not in (200, 201) or body.get("imported") != len(batch):
+                raise SystemExit(f"importing keys failed: {status} {body}")
+        return product["id"], secrets_
+
+    def purchase(self, product_id: str, n: int) -> dict:
+        t0 = time.perf_counter()
+        status, order = self.delivery.json("POST", "/delivery/v1/orders", {
+            "product_id": product_id, "quantity": 1, "email": f"buyer{n}@example.com"})
+        t1 = time.perf_counter()
+        if status != 201:
+            return {"error": f"order {status} {order.get('error', {}).get('code')}"}
+        raw = json.dumps({"order_no": order["order_no"], "amount_cents": order["amount_cents"],
+                          "currency": order["currency"], "txn_id": f"bench-{order['order_no']}",
+                          "status": "paid"}, separators=(",", ":")).encode()
+        signature = hmac.new(self.secret, raw, hashlib.sha256).hexdigest()
+        t2 = time.perf_counter()
+        status, body = self.delivery.request("POST", "/delivery/v1/payments/sandbox/notify", raw,
+                                             {"X-Sandbox-Signature": signature}, retry=True)
+        t3 = time.perf_counter()
+        outcome = json.loads(body).get("outcome") if status == 200 else None
+        if outcome != "delivered":
+            return {"error": f"notify {status} {body[:120]!r}", "order": order}
+        return {"order": order, "order_ms": (t1 - t0) * 1000, "paid_to_delivered_ms": (t3 - t2) * 1000,
+                "done_at": t3}
+
+    def keys_of(self, order: dict) -> tuple[str, list[str]]:
+        status, view = self.delivery.json(
+            "GET", f"/delivery/v1/orders/{order['order_no']}?token={order['access_token']}", retry=True)
+        return (view.get("status") if status == 200 else f"http {status}"), view.get("keys", [])
+
+
+LATENCY_METRIC = "linkshop_delivery_latency_seconds_bucket"
+
+
+def latency_buckets(shop: Shop) -> dict[float, float]:
+    """Cumulative bucket counts of delivery's paid -> delivered histogram (server side)."""
+    try:
+        status, raw = shop.delivery.request("GET", "/metrics", retry=True)
+    except OSError:
+        return {}
+    buckets: dict[float, float] = {}
+    if status != 200:
+        return buckets
+    for line in raw.decode().splitlines():
+        if line.startswith(LATENCY_METRIC + "{"):
+            labels, _, value = line.rpartition(" ")
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    return buckets
+
+
+def histogram_quantile(q: float, before: dict, after: dict) -> float | None:
+    """Prometheus' histogram_quantile over the samples observed between two scrapes, in ms."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank, prev_bound, prev_count = q * counts[-1], 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if bound == float("inf"):
+                return round(prev_bound * 1000, 2)
+            fraction = (rank - prev_count) / (count - prev_count) if count > prev_count else 1.0
+            return round((prev_bound + (bound - prev_bound) * fraction) * 1000, 2)
+        prev_bound, prev_count = bound, count
+    return None
+
+
+def server_side(before: dict, after: dict) -> dict:
+    return {"server_paid_to_delivered_p50_ms": histogram_quantile(0.5, before, after),
+            "server_paid_to_delivered_p99_ms": histogram_quantile(0.99, before, after)}
+
+
+def run_single(shop: Shop, product_id: str, count: int) -> list[dict]:
+    return [shop.purchase(product_id, i) for i in range(count)]
+
+
+def run_load(shop: Shop, product_id: str, buyers: int, count: int) -> tuple[list[dict], float]:
+    counter = iter(range(count))
+    lock = threading.Lock()
+    results: list[dict] = []
+    start = threading.Barrier(buyers + 1)
+
+    def buyer():
+        mine = []
+        start.wait()
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                break
+            mine.append(shop.purchase(product_id, 1_000_000 + n))
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=buyer) for _ in range(buyers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - began
+
+
+def summarize(results: list[dict]) -> dict:
+    ok = [r for r in results if "error" not in r]
+    pd = [r["paid_to_delivered_ms"] for r in ok]
+    om = [r["order_ms"] for r in ok]
+    errors = Counter(r["error"] for r in results if "error" in r)
+    return {"completed": len(ok), "errors": dict(errors),
+            "paid_to_delivered_p50_ms": round(percentile(pd, 50), 2),
+            "paid_to_delivered_p99_ms": round(percentile(pd, 99), 2),
+            "order_p50_ms": round(percentile(om, 50), 2), "order_p99_ms": round(percentile(om, 99), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.purchase", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--buyers", type=int, default=int(os.environ.get("BENCH_BUYERS", 32)),
+                        help="concurrent buyers in the load phase (default 32)")
+    parser.add_argument("--orders", type=int, default=int(os.environ.get("BENCH_ORDERS", 3000)),
+                        help="purchases in the load phase (default 3000)")
+    parser.add_argument("--single", type=int, default=300, help="sequential purchases of the one-buyer phase")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--catalog", default=os.environ.get("BENCH_CATALOG_URL", "http://127.0.0.1:8081"))
+    parser.add_argument("--delivery", default=os.environ.get("BENCH_DELIVERY_URL", "http://127.0.0.1:8082"))
+    parser.add_argument("--keep-up", action="store_true", help="leave a stack this run started running")
+    args = parser.parse_args(argv)
+
+    started = ensure_stack(args.catalog, args.delivery)
+    try:
+        shop = Shop(args.catalog, args.delivery, os.environ.get("LINKSHOP_SANDBOX_SECRET", "sandbox-secret"))
+        total = args.warmup + args.single + args.orders
+        t = time.perf_counter()
+        product_id, imported = shop.setup(admin_token(), total, price_cents=1000)
+        print(f"set-up: product {product_id}, {len(imported)} keys imported in {time.perf_counter() - t:.1f}s",
+              flush=True)
+
+        warm = run_single(shop, product_id, args.warmup)
+        h0 = latency_buckets(shop)
+        single = run_single(shop, product_id, args.single)
+        h1 = latency_buckets(shop)
+        s = {**summarize(single), **server_side(h0, h1)}
+        print(f"one buyer: paid->delivered p50 {s['paid_to_delivered_p50_ms']} ms, "
+              f"p99 {s['paid_to_delivered_p99_ms']} ms ({s['completed']} purchases)", flush=True)
+
+        load, elapsed = run_load(shop, product_id, args.buyers, args.orders)
+        l_ = {**summarize(load), **server_side(h1, latency_buckets(shop))}
+        orders_per_s = l_["completed"] / elapsed if elapsed else 0.0
+        print(f"{args.buyers} buyers: {l_['completed']} purchases in {elapsed:.2f}s = {orders_per_s:.0f} orders/s, "
+              f"paid->delivered p50 {l_['paid_to_delivered_p50_ms']} ms, p99 {l_['paid_to_delivered_p99_ms']} ms",
+              flush=True)
+
+        everything = [r["order"] for r in warm + single + load if "order" in r]
+        with ThreadPoolExecutor(8) as pool:
+            views = list(pool.map(shop.keys_of, everything))
+        statuses = Counter(status for status, _ in views)
+        keys = Counter(key for _, ks in views for key in ks)
+        duplicate_keys = sum(n - 1 for n in keys.values() if n > 1)
+        foreign = len(set(keys) - set(imported))
+
+        figures = {
+            "orders_per_s": round(orders_per_s, 1),
+            "paid_to_delivered_p50_ms": l_["paid_to_delivered_p50_ms"],
+            "paid_to_delivered_p99_ms": l_["paid_to_delivered_p99_ms"],
+            "single_buyer_paid_to_delivered_p50_ms": s["paid_to_delivered_p50_ms"],
+            "single_buyer_paid_to_delivered_p99_ms": s["paid_to_delivered_p99_ms"],
+            "duplicate_keys": duplicate_keys,
+            "keys_not_imported": foreign,
+            "order_statuses": dict(statuses),
+            "load": {"buyers": args.buyers, "purchases": args.orders, "elapsed_s": round(elapsed, 3), **l_},
+            "single_buyer": {"purchases": args.single, **s},
+            "stack": {"web_workers": int(os.environ.get("LINKSHOP_WEB_WORKERS", 2)),
+                      "web_threads": int(os.environ.get("LINKSHOP_WEB_THREADS", 8)),
+                      "started_by_bench": started},
+            "nproc": machine()["cpus"],
+            "commit": source_version(),
+            "paid_to_delivered": "client side: round trip of the signed payment callback, which sells the keys "
+                                 "in its transaction; server_*: delivery's linkshop_delivery_latency_seconds "
+                                 "histogram (notice arrival -> commit), interpolated within buckets",
+        }
+        write_result("purchase", figures)
+        bad = duplicate_keys or foreign or set(statuses) != {"delivered"} or l_["errors"] or s["errors"]
+        return 1 if bad else 0
+    finally:
+        if started and not args.keep_up:
+            subprocess.run([sys.executable, "-m", "scripts.stack", "down"], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

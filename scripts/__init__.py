@@ -1,0 +1,1 @@
+"""Operator scripts: ``python -m scripts.stack up|down|status`` (``make up`` / ``make down``)."""
