@@ -260,6 +260,61 @@ def run_load(shop: Shop, product_id: str, buyers: int, count: int) -> tuple[list
     return results, time.perf_counter() - began
 
 
+DOWNSTREAM = ("referral", "payout", "risk")
+
+
+def _worker_pids(services) -> dict[str, int]:
+    pids = {}
+    for svc in services:
+        try:
+            pids[svc] = int((RUN_DIR / f"{svc}-worker.pid").read_text().strip())
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def _inbox_depth(services) -> int:
+    import pika
+    total = 0
+    conn = pika.BlockingConnection(pika.URLParameters(os.environ.get("BUS_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")))
+    try:
+        channel = conn.channel()
+        for svc in services:
+            total += channel.queue_declare(f"{svc}.inbox", passive=True).method.message_count
+    finally:
+        conn.close()
+    return total
+
+
+def run_purchase_path(shop: Shop, product_id: str, buyers: int, count: int) -> dict:
+    """The issue's comparison: the purchase path alone (catalog + delivery, each with its
+    worker, the outbox relayed to RabbitMQ with confirms). The other services' workers are
+    paused meanwhile (SIGSTOP: their events wait, durable, in their inboxes); afterwards they
+    resume and the time they take to work off the backlog is measured too."""
+    import signal
+    pids = _worker_pids(DOWNSTREAM)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        results, elapsed = run_load(shop, product_id, buyers, count)
+    finally:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGCONT)
+    figures = {**summarize(results), "results": results, "elapsed_s": round(elapsed, 3), "paused_workers": sorted(pids),
+               "orders_per_s": round(len([r for r in results if "error" not in r]) / elapsed, 1) if elapsed else 0.0}
+    try:
+        backlog, began = _inbox_depth(pids), time.perf_counter()
+        deadline = began + 600
+        while _inbox_depth(pids) and time.perf_counter() < deadline:
+            time.sleep(0.5)
+        drained = time.perf_counter() - began
+        figures.update(downstream_backlog_events=backlog, downstream_drain_s=round(drained, 1),
+                       downstream_events_per_s=round(backlog / drained, 1) if drained else None)
+    except Exception as exc:  # the broker check is extra information, never a reason to fail
+        figures["downstream_error"] = repr(exc)
+    return figures
+
+
 def summarize(results: list[dict]) -> dict:
     ok = [r for r in results if "error" not in r]
     pd = [r["paid_to_delivered_ms"] for r in ok]
@@ -287,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     started = ensure_stack(args.catalog, args.delivery)
     try:
         shop = Shop(args.catalog, args.delivery, os.environ.get("LINKSHOP_SANDBOX_SECRET", "sandbox-secret"))
-        total = args.warmup + args.single + args.orders
+        total = args.warmup + args.single + args.orders * 2
         t = time.perf_counter()
         product_id, imported = shop.setup(admin_token(), total, price_cents=1000)
         print(f"set-up: product {product_id}, {len(imported)} keys imported in {time.perf_counter() - t:.1f}s",
@@ -308,7 +363,13 @@ def main(argv: list[str] | None = None) -> int:
               f"paid->delivered p50 {l_['paid_to_delivered_p50_ms']} ms, p99 {l_['paid_to_delivered_p99_ms']} ms",
               flush=True)
 
-        everything = [r["order"] for r in warm + single + load if "order" in r]
+        path_only = run_purchase_path(shop, product_id, args.buyers, args.orders)
+        print(f"{args.buyers} buyers, purchase path only: {path_only['orders_per_s']} orders/s, paid->delivered "
+              f"p50 {path_only['paid_to_delivered_p50_ms']} ms, p99 {path_only['paid_to_delivered_p99_ms']} ms; "
+              f"then {path_only.get('downstream_backlog_events')} events worked off by {DOWNSTREAM} in "
+              f"{path_only.get('downstream_drain_s')} s", flush=True)
+
+        everything = [r["order"] for r in warm + single + load + path_only.pop("results", []) if "order" in r]
         with ThreadPoolExecutor(8) as pool:
             views = list(pool.map(shop.keys_of, everything))
         statuses = Counter(status for status, _ in views)
@@ -318,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
 
         figures = {
             "orders_per_s": round(orders_per_s, 1),
+            "purchase_path_orders_per_s": path_only["orders_per_s"],
+            "purchase_path_paid_to_delivered_p50_ms": path_only["paid_to_delivered_p50_ms"],
+            "purchase_path_paid_to_delivered_p99_ms": path_only["paid_to_delivered_p99_ms"],
             "paid_to_delivered_p50_ms": l_["paid_to_delivered_p50_ms"],
             "paid_to_delivered_p99_ms": l_["paid_to_delivered_p99_ms"],
             "single_buyer_paid_to_delivered_p50_ms": s["paid_to_delivered_p50_ms"],
@@ -327,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "order_statuses": dict(statuses),
             "load": {"buyers": args.buyers, "purchases": args.orders, "elapsed_s": round(elapsed, 3), **l_},
             "single_buyer": {"purchases": args.single, **s},
+            "purchase_path_only": path_only,
             "stack": {"web_workers": int(os.environ.get("LINKSHOP_WEB_WORKERS", 2)),
                       "web_threads": int(os.environ.get("LINKSHOP_WEB_THREADS", 8)),
                       "started_by_bench": started},
@@ -337,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "histogram (notice arrival -> commit), interpolated within buckets",
         }
         write_result("purchase", figures)
-        bad = duplicate_keys or foreign or set(statuses) != {"delivered"} or l_["errors"] or s["errors"]
+        bad = (duplicate_keys or foreign or set(statuses) != {"delivered"} or l_["errors"] or s["errors"]
+               or path_only["errors"])
         return 1 if bad else 0
     finally:
         if started and not args.keep_up:
