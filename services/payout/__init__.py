@@ -1,1 +1,1 @@
-"""payout: the double-entry ledger, settlement, holds, refunds, withdrawals (skeleton until its issue lands)."""
+"""payout: the double-entry ledger, split settlement, holds, refunds with clawback, withdrawals."""

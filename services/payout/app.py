@@ -2,8 +2,12 @@ from __future__ import annotations
 
 from shared.config import Settings, load_settings
 from shared.db import Database
+from shared.errors import error_response
 from shared.web import create_service_app
 
+from .api import bp
+from .config import PayoutConfig, load_config
+from .domain import Refused
 from .models import Base, outbox
 
 SERVICE = "payout"
@@ -13,8 +17,13 @@ def open_database(settings: Settings) -> Database:
     return Database(settings.database_url, Base.metadata)
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, bus=None):
+def create_app(settings: Settings | None = None, db: Database | None = None, bus=None,
+               config: PayoutConfig | None = None):
     settings = settings or load_settings(SERVICE)
+    config = config or load_config(settings)  # refuses to start if the hold is shorter than the refund window
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
+    app.extensions["linkshop"].extra["config"] = config
+    app.register_error_handler(Refused, lambda exc: error_response(exc.status, exc.code, exc.message, exc.fields))
+    app.register_blueprint(bp)
     return app

@@ -1,0 +1,80 @@
+"""Payout's own settings, on top of the kernel's ``Settings`` (design.md §7, §9).
+
+The kernel's ``Settings`` is shared by every service and does not carry the raw environment,
+so payout reads its own variables from ``os.environ`` (or the mapping it is given).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from shared.config import ConfigError, Settings
+
+
+@dataclass(frozen=True)
+class PayoutConfig:
+    hold_seconds: int
+    refund_window_seconds: int
+    withdrawal_fee_bps: int = 100
+    withdrawal_min_fee_cents: int = 100
+    withdrawal_min_cents: int = 1000
+    withdrawal_max_cents: int = 100_000_000
+    auto_approve_cents: int = 50_000
+    risk_required: bool = False
+    currency: str = "CNY"
+    clearing_provider: str = "sandbox"
+    payout_provider: str = "sandbox"
+    sandbox_payouts: bool = True
+    release_interval_s: float = 5.0
+    release_batch: int = 200
+
+    def withdrawal_fee(self, amount_cents: int) -> int:
+        return max(self.withdrawal_min_fee_cents, amount_cents * self.withdrawal_fee_bps // 10000)
+
+
+def _int(env, name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    try:
+        value = default if raw in (None, "") else int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+def load_config(settings: Settings, env=None) -> PayoutConfig:
+    """Refuses to start (``ConfigError``) when the hold is shorter than the refund window:
+    money released before the buyer can no longer refund is money that may have to be
+    clawed back from an account that already paid it out."""
+    env = os.environ if env is None else env
+    hold = settings.hold_seconds
+    if hold < 0:
+        raise ConfigError("LINKSHOP_HOLD_SECONDS must not be negative")
+    window = _int(env, "LINKSHOP_REFUND_WINDOW_SECONDS", hold)
+    if hold < window:
+        raise ConfigError(f"LINKSHOP_HOLD_SECONDS ({hold}) is shorter than LINKSHOP_REFUND_WINDOW_SECONDS "
+                          f"({window}): balances would become available while the order can still be refunded")
+    fee_bps = _int(env, "LINKSHOP_WITHDRAWAL_FEE_BPS", 100)
+    if fee_bps > 10000:
+        raise ConfigError("LINKSHOP_WITHDRAWAL_FEE_BPS must be at most 10000")
+    currency = env.get("LINKSHOP_LEDGER_CURRENCY", "CNY").strip().upper()
+    if len(currency) != 3 or not currency.isalpha():
+        raise ConfigError("LINKSHOP_LEDGER_CURRENCY must be a 3-letter currency code")
+    try:
+        interval = float(env.get("LINKSHOP_RELEASE_INTERVAL_S", 5.0))
+    except ValueError:
+        raise ConfigError("LINKSHOP_RELEASE_INTERVAL_S must be a number") from None
+    return PayoutConfig(
+        hold_seconds=hold,
+        refund_window_seconds=window,
+        withdrawal_fee_bps=fee_bps,
+        withdrawal_min_fee_cents=_int(env, "LINKSHOP_WITHDRAWAL_MIN_FEE_CENTS", 100),
+        withdrawal_min_cents=_int(env, "LINKSHOP_WITHDRAWAL_MIN_CENTS", 1000, minimum=1),
+        withdrawal_max_cents=_int(env, "LINKSHOP_WITHDRAWAL_MAX_CENTS", 100_000_000, minimum=1),
+        auto_approve_cents=_int(env, "LINKSHOP_WITHDRAWAL_AUTO_APPROVE_CENTS", 50_000),
+        risk_required=settings.risk_required,
+        currency=currency,
+        sandbox_payouts=settings.sandbox_secret is not None,
+        release_interval_s=interval,
+    )
