@@ -35,8 +35,11 @@ up: $(STAMP)  ## real mode on this machine: gunicorn + worker per service, local
 down: $(STAMP)
 	$(PY) -m scripts.stack down
 
-bench: $(STAMP)  ## not part of `make test`: writes bench/results/*.json
+bench: $(STAMP)  ## not part of `make test`: each writes bench/results/<name>-<date>.json
 	$(PY) -m bench.purchase
+	$(PY) -m bench.ledger
+	$(PY) -m bench.referral_graph
+	$(PY) -m bench.risk_stream
 
 clean:
 	rm -rf var .pytest_cache

@@ -32,6 +32,7 @@ class Settings:
     token_secret: str
     sandbox_secret: str | None
     hold_seconds: int
+    refund_window_seconds: int
     reservation_seconds: int
     trusted_proxies: frozenset[str]
     public_url: str
@@ -117,6 +118,7 @@ def load_settings(service: str, env: os._Environ | dict | None = None) -> Settin
         token_secret=values["LINKSHOP_TOKEN_SECRET"],
         sandbox_secret=sandbox_secret,
         hold_seconds=int(env.get("LINKSHOP_HOLD_SECONDS", 604800)),
+        refund_window_seconds=int(env.get("LINKSHOP_REFUND_WINDOW_SECONDS") or env.get("LINKSHOP_HOLD_SECONDS", 604800)),
         reservation_seconds=int(env.get("LINKSHOP_RESERVATION_SECONDS", 900)),
         trusted_proxies=frozenset(p.strip() for p in env.get("LINKSHOP_TRUSTED_PROXIES", "").split(",") if p.strip()),
         public_url=env.get("LINKSHOP_PUBLIC_URL", "http://127.0.0.1:8080" if embedded else f"http://127.0.0.1:{port}"),

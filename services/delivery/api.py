@@ -209,7 +209,8 @@ def refund_order(order_no):
                 raise not_found("order")
             if key and (stored := idem.replay(s, idempotency, scope, key, digest)):
                 return jsonify(stored[0]), stored[1]
-            record = domain.refund(s, order, data["quantity"], data["reason"], utcnow())
+            record = domain.refund(s, order, data["quantity"], data["reason"], utcnow(),
+                                   window_s=None if admin else c.settings.refund_window_seconds)
             body = {"order_no": order_no, "refund_id": record.id, "amount_cents": record.amount_cents,
                     "quantity": record.quantity, "status": order.status}
             if key:

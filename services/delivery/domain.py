@@ -324,7 +324,7 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
         "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
         "quantity": order.quantity, "amount_cents": order.amount_cents, "cost_cents": order.cost_cents,
         "currency": order.currency, "fee_bps": order.fee_bps, "commission": order.commission,
-        "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
+        "provider": order.provider, "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
         "email": order.email, "paid_at": order.paid_at.isoformat(), "delivered_at": delivered_at.isoformat(),
     }, order.order_no)
     paid_at, amount, currency = order.paid_at, order.amount_cents, order.currency
@@ -384,9 +384,13 @@ def replace_key(session: Session, order: Order, key_index: int, now: datetime) -
 
 
 def refund(session: Session, order: Order, quantity: int | None, reason: str, now: datetime,
-           final_status: str | None = None) -> Refund:
+           final_status: str | None = None, window_s: int | None = None) -> Refund:
+    """``window_s``: the merchant's refund window after delivery; past it only the operator
+    refunds (the money may already have been paid out, leaving the merchant a debt)."""
     if order.status not in PAID_STATUSES:
         raise ApiError(409, "not_refundable", f"an order that is {order.status} cannot be refunded")
+    if window_s is not None and order.delivered_at is not None and now > order.delivered_at + timedelta(seconds=window_s):
+        raise ApiError(409, "refund_window_closed", "the refund window of this order has closed; ask the operator")
     remaining = order.quantity - order.refunded_quantity
     quantity = remaining if quantity is None else quantity
     if quantity > remaining:

@@ -155,3 +155,18 @@ def test_old_rate_limit_windows_are_forgotten(shop):
         domain.rate_limited(s, "new", 5, utcnow())
     with db.write() as s:
         assert domain.forget_old_rate_windows(s, utcnow()) == 1
+
+
+def test_merchant_refunds_close_with_the_refund_window(make_shop):
+    shop = make_shop(LINKSHOP_REFUND_WINDOW_SECONDS=0)
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, ["A", "B"])
+    order = shop.buy(pid)
+    import time
+    time.sleep(0.01)
+    no = order["order_no"]
+    r = shop.delivery.post(f"/delivery/v1/orders/{no}/refund", json={"reason": "late"}, headers=merchant)
+    assert r.status_code == 409 and r.json["error"]["code"] == "refund_window_closed"
+    r = shop.delivery.post(f"/delivery/v1/orders/{no}/refund", json={"reason": "operator"}, headers=shop.admin)
+    assert r.status_code == 201
