@@ -93,8 +93,10 @@ class AmqpBus:
 
     RETRY_POLICY = {"max_retries": 5, "interval_start": 0, "interval_step": 0.5, "interval_max": 3}
 
-    def __init__(self, url: str, retry_delays_ms=(1000, 5000, 30000), max_attempts: int = 12):
+    def __init__(self, url: str, retry_delays_ms=(1000, 5000, 30000), max_attempts: int = 12,
+                 batch_size: int = 32):
         self.url = url
+        self.batch_size = batch_size
         self.retry_delays_ms = tuple(retry_delays_ms) or (1000,)
         self.max_attempts = max_attempts
         self._local = threading.local()
@@ -197,11 +199,9 @@ class AmqpBus:
                     channel.basic_qos(0, prefetch, False)
                     retry_producer = Producer(retry_conn.channel())
                     queue = Queue(topology.inbox_queue(service), no_declare=True)
+                    batch: list = []
 
-                    def on_message(message):
-                        self._on_message(service, consumer, retry_producer, message)
-
-                    with KombuConsumer(channel, queues=[queue], on_message=on_message, accept=None):
+                    with KombuConsumer(channel, queues=[queue], on_message=batch.append, accept=None):
                         backoff = 0.5
                         while not stop.is_set():
                             if on_tick:
@@ -210,6 +210,15 @@ class AmqpBus:
                                 conn.drain_events(timeout=0.5)
                             except socket.timeout:
                                 conn.heartbeat_check()
+                                continue
+                            # take what has already arrived too: one commit for the lot
+                            while len(batch) < self.batch_size:
+                                try:
+                                    conn.drain_events(timeout=0)
+                                except socket.timeout:
+                                    break
+                            messages, batch[:] = list(batch), []
+                            self._on_messages(service, consumer, retry_producer, messages)
             except Exception as exc:
                 if stop.is_set():
                     break
@@ -217,34 +226,40 @@ class AmqpBus:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10)
 
-    def _on_message(self, service, consumer, retry_producer, message) -> None:
-        try:
-            envelope = parse_envelope(message.body)
-        except PoisonMessage as exc:
-            log.error("%s: poison message dead-lettered: %s", service, exc)
-            metrics.events_consumed.labels(service, "unknown", "poison").inc()
-            message.reject(requeue=False)  # the inbox's dead-letter exchange routes it to <svc>.dead
+    def _on_messages(self, service, consumer, retry_producer, messages) -> None:
+        """Apply a batch in one transaction; then ack, retry or dead-letter each message."""
+        parsed = []
+        for message in messages:
+            try:
+                parsed.append((message, parse_envelope(message.body)))
+            except PoisonMessage as exc:
+                log.error("%s: poison message dead-lettered: %s", service, exc)
+                metrics.events_consumed.labels(service, "unknown", "poison").inc()
+                message.reject(requeue=False)  # the inbox's dead-letter exchange routes it to <svc>.dead
+        if not parsed:
             return
+        results = consumer.handle_batch([envelope for _, envelope in parsed])
+        for (message, envelope), result in zip(parsed, results):
+            if isinstance(result, Exception):
+                self._retry(service, retry_producer, message, envelope, result)
+            else:
+                message.ack()
+
+    def _retry(self, service, retry_producer, message, envelope, exc) -> None:
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
-        try:
-            consumer.handle(envelope)
-        except Exception as exc:
-            log.warning("%s: %s %s failed (attempt %d): %r", service, envelope["type"], envelope["id"],
-                        attempt, exc)
-            if attempt >= self.max_attempts:
-                metrics.events_consumed.labels(service, envelope["type"], "dead").inc()
-                message.reject(requeue=False)
-                return
-            delay = _retry_delay(self.retry_delays_ms, attempt)
-            headers = dict(message.headers or {})
-            headers[ATTEMPT_HEADER] = attempt + 1
-            headers.pop("x-death", None)
-            retry_producer.publish(message.body, exchange="", routing_key=topology.retry_queue(service, delay),
-                                   content_type="application/json", content_encoding="utf-8",
-                                   delivery_mode=2, headers=headers, message_id=envelope["id"],
-                                   retry=True, retry_policy=self.RETRY_POLICY)
-            message.ack()
+        log.warning("%s: %s %s failed (attempt %d): %r", service, envelope["type"], envelope["id"], attempt, exc)
+        if attempt >= self.max_attempts:
+            metrics.events_consumed.labels(service, envelope["type"], "dead").inc()
+            message.reject(requeue=False)
             return
+        delay = _retry_delay(self.retry_delays_ms, attempt)
+        headers = dict(message.headers or {})
+        headers[ATTEMPT_HEADER] = attempt + 1
+        headers.pop("x-death", None)
+        retry_producer.publish(message.body, exchange="", routing_key=topology.retry_queue(service, delay),
+                               content_type="application/json", content_encoding="utf-8",
+                               delivery_mode=2, headers=headers, message_id=envelope["id"],
+                               retry=True, retry_policy=self.RETRY_POLICY)
         message.ack()
 
     def ping(self) -> bool:

@@ -52,7 +52,12 @@ def inbox_table(metadata: MetaData) -> Table:
 
 
 class Consumer:
-    """Applies one envelope exactly once. Raises on failure so the bus can retry it."""
+    """Applies envelopes exactly once: each with its inbox row, in a savepoint of its own.
+
+    A batch shares one transaction, so one commit (one fsync) serves many events; a failing
+    event is rolled back alone and handed back for retry, the others commit. The bus acks
+    only after the commit.
+    """
 
     def __init__(self, service: str, db: Database, inbox: Table, handlers: Handlers):
         self.service = service
@@ -61,31 +66,58 @@ class Consumer:
         self.handlers = handlers
 
     def handle(self, envelope: dict) -> str:
-        type_ = envelope["type"]
-        handler = self.handlers.get(type_)
-        if handler is None:
-            outcome = "ignored"
-        else:
-            try:
-                outcome = self._apply(handler, envelope)
-            except NotReady:
-                metrics.events_consumed.labels(self.service, type_, "not_ready").inc()
-                raise
-            except Exception:
-                metrics.events_consumed.labels(self.service, type_, "failed").inc()
-                raise
-        metrics.events_consumed.labels(self.service, type_, outcome).inc()
-        if outcome == "processed":
-            metrics.event_lag.labels(self.service, type_).observe(event_age_seconds(envelope))
-        return outcome
+        result = self.handle_batch([envelope])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    def _apply(self, handler: Handler, envelope: dict) -> str:
-        with self.db.write() as session:
+    def handle_batch(self, envelopes: list[dict]) -> list:
+        """One outcome per envelope: "processed", "duplicate", "ignored", or the exception."""
+        results: list = [None] * len(envelopes)
+        try:
+            with self.db.write() as session:
+                for i, envelope in enumerate(envelopes):
+                    results[i] = self._apply(session, envelope)
+        except Exception as exc:  # the commit itself failed (a deadlock, the database went away)
+            if len(envelopes) > 1:
+                return [self.handle_batch([envelope])[0] for envelope in envelopes]
+            results = [exc]
+        for envelope, result in zip(envelopes, results):
+            self._count(envelope, result)
+        return results
+
+    def _apply(self, session, envelope: dict):
+        handler = self.handlers.get(envelope["type"])
+        if handler is None:
+            return "ignored"
+        # What a failed handler queued for the commit (outbox rows, metrics) must go with it.
+        deferred = {table: list(rows) for table, rows in session.info.get("deferred_inserts", {}).items()}
+        callbacks = list(session.info.get("after_commit", ()))
+        savepoint = session.begin_nested()
+        try:
             try:
                 with session.begin_nested():
                     session.execute(self.inbox.insert().values(
                         event_id=envelope["id"], type=envelope["type"], received_at=utcnow()))
             except IntegrityError:
+                savepoint.commit()
                 return "duplicate"
             handler(session, envelope)
-        return "processed"
+            savepoint.commit()
+            return "processed"
+        except Exception as exc:
+            savepoint.rollback()
+            session.info["deferred_inserts"], session.info["after_commit"] = deferred, callbacks
+            return exc
+
+    def _count(self, envelope: dict, result) -> None:
+        type_ = envelope["type"]
+        if isinstance(result, NotReady):
+            outcome = "not_ready"
+        elif isinstance(result, Exception):
+            outcome = "failed"
+        else:
+            outcome = result
+        metrics.events_consumed.labels(self.service, type_, outcome).inc()
+        if outcome == "processed":
+            metrics.event_lag.labels(self.service, type_).observe(event_age_seconds(envelope))

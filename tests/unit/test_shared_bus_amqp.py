@@ -37,11 +37,13 @@ class FakeConsumer:
         self.fail = fail
         self.seen = []
 
-    def handle(self, envelope):
-        self.seen.append(envelope["id"])
-        if self.fail:
-            raise RuntimeError("handler failed")
-        return "processed"
+    def handle_batch(self, envelopes):
+        results = []
+        for envelope in envelopes:
+            self.seen.append(envelope["id"])
+            fails = self.fail is True or (self.fail and envelope["id"] in self.fail)
+            results.append(RuntimeError("handler failed") if fails else "processed")
+        return results
 
 
 @pytest.fixture
@@ -55,14 +57,14 @@ def body():
 
 def test_success_is_acked(bus):
     message, producer, consumer = FakeMessage(body()), FakeProducer(), FakeConsumer()
-    bus._on_message("payout", consumer, producer, message)
+    bus._on_messages("payout", consumer, producer, [message])
     assert message.acked and not message.rejected and producer.sent == []
     assert len(consumer.seen) == 1
 
 
 def test_poison_is_rejected_without_requeue(bus):
     message, producer, consumer = FakeMessage(b"{not json"), FakeProducer(), FakeConsumer()
-    bus._on_message("payout", consumer, producer, message)
+    bus._on_messages("payout", consumer, producer, [message])
     assert message.rejected and message.requeue is False and not message.acked
     assert consumer.seen == [] and producer.sent == []
 
@@ -73,7 +75,7 @@ def test_a_failure_is_republished_to_the_retry_queue_then_acked(bus, attempt, qu
     headers = {ATTEMPT_HEADER: attempt, "x-death": [{"count": 1}]} if attempt else None
     raw = body()
     message, producer = FakeMessage(raw, headers), FakeProducer()
-    bus._on_message("payout", FakeConsumer(fail=True), producer, message)
+    bus._on_messages("payout", FakeConsumer(fail=True), producer, [message])
     assert message.acked and not message.rejected
     [(sent, kwargs)] = producer.sent
     assert sent == raw
@@ -85,7 +87,7 @@ def test_a_failure_is_republished_to_the_retry_queue_then_acked(bus, attempt, qu
 
 def test_the_last_attempt_is_dead_lettered(bus):
     message, producer = FakeMessage(body(), {ATTEMPT_HEADER: 3}), FakeProducer()
-    bus._on_message("payout", FakeConsumer(fail=True), producer, message)
+    bus._on_messages("payout", FakeConsumer(fail=True), producer, [message])
     assert message.rejected and message.requeue is False and not message.acked
     assert producer.sent == []
 
@@ -104,3 +106,16 @@ def test_make_bus_picks_the_transport(tmp_path):
                                      "LINKSHOP_ADMIN_TOKEN": "a", "LINKSHOP_VAULT_KEY": "v",
                                      "LINKSHOP_TOKEN_SECRET": "t"})
     assert isinstance(make_bus(real), AmqpBus)
+
+
+def test_a_batch_acks_what_committed_and_retries_only_what_failed(bus):
+    first, second = body(), body()
+    failing_id = json.loads(second)["id"]
+    messages = [FakeMessage(first), FakeMessage(second), FakeMessage(b"not json")]
+    producer, consumer = FakeProducer(), FakeConsumer(fail={failing_id})
+    bus._on_messages("payout", consumer, producer, messages)
+    assert messages[0].acked and not messages[0].rejected
+    assert messages[1].acked and len(producer.sent) == 1  # re-published to the retry queue, then acked
+    assert producer.sent[0][1]["routing_key"] == "payout.retry.100"
+    assert messages[2].rejected and not messages[2].acked
+    assert len(consumer.seen) == 2

@@ -194,3 +194,34 @@ def test_publish_routes_only_to_bound_services():
     assert {s: bus.pending(s) for s in ("catalog", "delivery", "referral", "payout", "risk")} == \
         {"catalog": 1, "delivery": 0, "referral": 1, "payout": 1, "risk": 1}
     assert bus.ping()
+
+
+def test_batch_isolates_a_failing_event_and_its_queued_writes(tmp_path):
+    """One transaction for the batch; the failing event's outbox rows and inbox row go with it."""
+    from sqlalchemy import MetaData, func, select
+    from shared.db import Database
+    from shared.events import make_envelope
+    from shared.inbox import Consumer, Handlers, inbox_table
+    from shared.outbox import Outbox
+
+    metadata = MetaData()
+    outbox, inbox = Outbox(metadata, "test"), inbox_table(metadata)
+    db = Database(f"sqlite:///{tmp_path / 'b.db'}", metadata)
+    db.create_all()
+    handlers = Handlers()
+
+    @handlers.on("catalog.product.upserted")
+    def handler(session, event):
+        outbox.add(session, "catalog.product.upserted", {"seen": event["payload"]["n"]})
+        if event["payload"]["n"] == 2:
+            raise RuntimeError("boom")
+
+    events = [make_envelope("catalog.product.upserted", {"n": n}, producer="x") for n in (1, 2, 3)]
+    results = Consumer("test", db, inbox, handlers).handle_batch(events + [events[0]])
+    assert results[0] == "processed" and isinstance(results[1], RuntimeError)
+    assert results[2] == "processed" and results[3] == "duplicate"
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(inbox)) == 2
+        assert s.scalar(select(func.count()).select_from(outbox.table)) == 2
+    assert Consumer("test", db, inbox, handlers).handle_batch([events[1]])[0].args == ("boom",)
+    db.dispose()
