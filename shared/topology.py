@@ -53,6 +53,7 @@ CONSUMES: dict[str, tuple[str, ...]] = {
         "delivery.order.created",
         "delivery.order.paid",
         "delivery.order.delivered",
+        "delivery.order.refunded",
         "referral.user.registered",
         "referral.user.bound",
         "referral.commission.accrued",

@@ -293,6 +293,7 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
     outbox.add(session, "delivery.order.paid", {
         "order_no": order.order_no, "amount_cents": order.amount_cents, "currency": order.currency,
         "provider": provider, "provider_txn_id": notice.txn_id, "paid_at": now.isoformat(),
+        "payer_account": getattr(notice, "payer_account", None),
     }, order.order_no)
     after_commit(session, lambda: metrics.orders.labels("paid").inc())
     with session.no_autoflush:  # the payment and both status changes go out in one flush at commit

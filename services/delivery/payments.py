@@ -29,6 +29,7 @@ class Notice:
     currency: str
     txn_id: str
     status: str
+    payer_account: str | None = None  # the provider's id of the paying account, when it gives one
 
 
 class SandboxProvider:

@@ -26,6 +26,7 @@ class SandboxNoticeSchema(Schema):
     currency = fields.Str(required=True, validate=validate.Length(equal=3))
     txn_id = fields.Str(required=True, validate=validate.Length(min=1, max=128))
     status = fields.Str(required=True, validate=validate.Length(min=1, max=32))
+    payer_account = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
 
 
 class LookupSchema(Schema):

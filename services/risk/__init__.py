@@ -1,1 +1,1 @@
-"""risk: order screening, self-referral and ring detection, withdrawal review (skeleton until its issue lands)."""
+"""risk: order screening, self-referral and ring detection, withdrawal review."""

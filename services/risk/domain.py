@@ -1,0 +1,702 @@
+"""Risk rules, free of Flask: order screening, self-referral and rings, withdrawal review,
+the operator's decisions and the blocklist.
+
+Time windows are measured on the events' own clocks (an order's ``created_at``, a
+withdrawal's ``requested_at``), never on when risk happens to handle them, so a backlog
+worked off after an outage, or events arriving out of order, give the same answers.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from shared.inbox import NotReady
+
+from .models import (BlockEntry, Decision, Earning, Fingerprint, Order, Product, User, Withdrawal,
+                     outbox)
+from .rules import Hit, RuleBook
+
+BLOCK_KINDS = ("email", "email_domain", "ip", "device")
+SOURCE_DIMENSIONS = (("device_id", "device"), ("email_hash", "email"), ("ip", "IP"))
+ROW_CAP = 500  # rows read per source and window: enough for every limit, bounded on a busy NAT
+
+
+class Refused(Exception):
+    """A request the rules refuse; the API turns it into a 4xx JSON error."""
+
+    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+
+# -- identities ------------------------------------------------------------------------------
+
+def normalise_email(email: str) -> str:
+    """Case, and for Gmail-style mailboxes the dots and +tags, do not make another person.
+    (The same rule as referral's, kept here so the hashes match: services share no code.)"""
+    local, _, domain = email.strip().lower().rpartition("@")
+    if domain in ("gmail.com", "googlemail.com"):
+        local = local.split("+", 1)[0].replace(".", "")
+        domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(normalise_email(email).encode()).hexdigest()
+
+
+def parse_time(value: str | None, default: datetime | None = None) -> datetime:
+    if not value:
+        if default is None:
+            raise ValueError("a timestamp is required")
+        return default
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"naive timestamp {value!r}")
+    return parsed
+
+
+def _ip(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value[:64]
+
+
+def routable(ip: str | None) -> bool:
+    """Only a public address says anything about who is behind it: a private or loopback
+    one is a proxy's (or a test's) and is shared by everyone, so no rule counts it."""
+    if not ip:
+        return False
+    try:
+        return ipaddress.ip_address(ip).is_global
+    except ValueError:
+        return False
+
+
+# -- projections -----------------------------------------------------------------------------
+
+def upsert_product(session: Session, p: dict) -> None:
+    product = session.get(Product, p["product_id"])
+    version = p.get("version", 0)
+    if product is None:
+        product = Product(id=p["product_id"], orders_seen=0, amount_sum_cents=0, version=-1)
+        session.add(product)
+    if product.version >= version:
+        return
+    product.merchant_id, product.version = p.get("merchant_id"), version
+    product.price_cents, product.max_per_order = p.get("price_cents"), p.get("max_per_order")
+
+
+def _add_fingerprints(session: Session, user_id: str, pairs: list[tuple[str, str | None]],
+                      at: datetime) -> list[tuple[str, str]]:
+    """Remember identifiers of a user; returns those not known before."""
+    pairs = [(kind, value) for kind, value in pairs if value]
+    if not pairs:
+        return []
+    known = set(session.execute(select(Fingerprint.kind, Fingerprint.value).where(
+        Fingerprint.user_id == user_id, Fingerprint.kind.in_({k for k, _ in pairs}))).all())
+    added = []
+    for kind, value in dict.fromkeys(pairs):
+        if (kind, value) not in known:
+            session.add(Fingerprint(user_id=user_id, kind=kind, value=value, first_seen=at))
+            added.append((kind, value))
+    return added
+
+
+def _user(session: Session, user_id: str) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        user = User(id=user_id, ancestors=[])
+        session.add(user)
+    return user
+
+
+def _set_graph(user: User, parent_id: str | None, ancestors: list, at: datetime) -> None:
+    if user.graph_at is None or user.graph_at < at:
+        user.parent_id, user.ancestors, user.graph_at = parent_id, list(ancestors or []), at
+
+
+def on_user_registered(session: Session, p: dict) -> None:
+    at = parse_time(p.get("registered_at"))
+    user = _user(session, p["user_id"])
+    client = p.get("client") or {}
+    user.email_hash, user.ip, user.device_id = p.get("email_hash"), _ip(client.get("ip")), client.get("device_id")
+    user.registered_at = at
+    _set_graph(user, p.get("parent_id"), p.get("ancestors") or [], at)
+    _add_fingerprints(session, user.id, [("email", user.email_hash), ("ip", user.ip), ("device", user.device_id)], at)
+
+
+def on_user_bound(session: Session, p: dict) -> None:
+    user = _user(session, p["user_id"])
+    _set_graph(user, p.get("parent_id"), p.get("ancestors") or [], parse_time(p.get("bound_at")))
+
+
+# -- orders ----------------------------------------------------------------------------------
+
+def _resolve_buyer(session: Session, order: Order) -> str | None:
+    """The user who placed an order: logged in, else the one user its email, device or
+    payment account points to (none when it points to several)."""
+    if order.buyer_user_id:
+        return order.buyer_user_id
+    for kind, value in (("email", order.email_hash), ("device", order.device_id), ("payer", order.payer_account)):
+        if value:
+            users = session.scalars(select(Fingerprint.user_id).where(
+                Fingerprint.kind == kind, Fingerprint.value == value).distinct().limit(2)).all()
+            if len(users) == 1:
+                return users[0]
+    return None
+
+
+def _source_rows(session: Session, order: Order, window_s: int) -> dict[str, list]:
+    """The orders from each of this order's sources within ``window_s`` before it, newest first."""
+    since = order.created_at - timedelta(seconds=window_s)
+    rows = {}
+    for column, _label in SOURCE_DIMENSIONS:
+        value = getattr(order, column)
+        if not value or (column == "ip" and not routable(value)):
+            continue
+        col = getattr(Order, column)
+        rows[column] = session.execute(
+            select(Order.created_at, Order.paid_at, Order.payer_account, Order.quantity)
+            .where(col == value, Order.created_at >= since, Order.created_at <= order.created_at,
+                   Order.order_no != order.order_no)
+            .order_by(Order.created_at.desc()).limit(ROW_CAP)).all()
+    return rows
+
+
+def _unpaid_at(row, at: datetime) -> bool:
+    return row.paid_at is None or row.paid_at > at
+
+
+def _blocklist_hits(session: Session, book: RuleBook, order: Order, email: str | None) -> list[Hit]:
+    rule = book.get("blocklist")
+    if rule is None:
+        return []
+    wanted = []
+    if email:
+        normalised = normalise_email(email)
+        wanted.append(("email", normalised))
+        domain = normalised.rpartition("@")[2]
+        parts = domain.split(".")
+        wanted += [("email_domain", ".".join(parts[i:])) for i in range(len(parts) - 1)]
+    if order.device_id:
+        wanted.append(("device", order.device_id))
+    if order.ip:
+        try:
+            address = ipaddress.ip_address(order.ip)
+            wanted += [("ip", str(ipaddress.ip_network(f"{address}/{bits}", strict=False)))
+                       for bits in range(address.max_prefixlen, -1, -1)]
+        except ValueError:
+            pass
+    if not wanted:
+        return []
+    conditions = [(BlockEntry.kind == kind) & (BlockEntry.value.in_([v for k, v in wanted if k == kind]))
+                  for kind in {k for k, _ in wanted}]
+    entries = session.scalars(select(BlockEntry).where(or_(*conditions)).order_by(BlockEntry.id)).all()
+    label = {"email": "email", "email_domain": "email domain", "ip": "IP", "device": "device"}
+    return [rule.hit(f"{label[e.kind]} is blocklisted ({e.value})" + (f": {e.reason}" if e.reason else ""))
+            for e in entries]
+
+
+def _velocity_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
+    hits = []
+    for column, name, label in (("ip", "velocity_ip", "IP"), ("device_id", "velocity_device", "device"),
+                                ("email_hash", "velocity_email", "email")):
+        rule = book.get(name)
+        if rule is None or column not in rows:
+            continue
+        since = order.created_at - timedelta(seconds=rule.params["window_s"])
+        count = 1 + sum(1 for r in rows[column] if r.created_at >= since)
+        if count > rule.params["limit"]:
+            hits.append(rule.hit(f"{count} orders from this {label} within {rule.params['window_s']}s "
+                                 f"(limit {rule.params['limit']})"))
+    return hits
+
+
+def _card_testing_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
+    rule = book.get("card_testing")
+    if rule is None:
+        return []
+    p, t = rule.params, order.created_at
+    reasons = []
+    for column, label in SOURCE_DIMENSIONS:
+        if column not in rows:
+            continue
+        factor = p["ip_factor"] if column == "ip" else 1
+        since, open_since = t - timedelta(seconds=p["window_s"]), t - timedelta(seconds=p["open_window_s"])
+        recent = [r for r in rows[column] if r.created_at >= since]
+        unpaid = sum(1 for r in recent if _unpaid_at(r, t))
+        held = [r for r in recent if r.created_at >= open_since and _unpaid_at(r, t)]
+        still_open, open_keys = len(held), sum(r.quantity for r in held)
+        payers = {r.payer_account for r in recent if r.payer_account and not _unpaid_at(r, t)}
+        if len(recent) >= p["min_orders"] * factor and unpaid >= p["unpaid_share"] * len(recent):
+            reasons.append(f"{unpaid} of the {len(recent)} orders from this {label} within {p['window_s']}s "
+                           f"were never paid")
+        elif still_open >= p["max_open"] * factor or (still_open >= 2 and open_keys >= p["max_open_keys"] * factor):
+            reasons.append(f"this {label} holds {still_open} unpaid reservations ({open_keys} keys)")
+        if len(payers) >= p["max_payers"] * factor:
+            reasons.append(f"this {label} paid with {len(payers)} different payment accounts "
+                           f"within {p['window_s']}s")
+    return [rule.hit("card testing: " + "; ".join(reasons))] if reasons else []
+
+
+def _product_burst_hits(session: Session, book: RuleBook, order: Order, rows: dict) -> list[Hit]:
+    rule = book.get("product_burst")
+    if rule is None:
+        return []
+    p, t = rule.params, order.created_at
+    recent = session.execute(
+        select(Order.paid_at).where(Order.product_id == order.product_id,
+                                    Order.created_at >= t - timedelta(seconds=p["window_s"]),
+                                    Order.created_at <= t, Order.order_no != order.order_no)
+        .order_by(Order.created_at.desc()).limit(ROW_CAP)).all()
+    unpaid = sum(1 for r in recent if _unpaid_at(r, t))
+    if unpaid < max(1, p["min_unpaid"]) or unpaid < p["unpaid_share"] * len(recent):
+        return []
+    if not _is_fresh(session, order, rows):
+        return []
+    return [rule.hit(f"a new source during a burst: {unpaid} of the {len(recent)} orders of this product "
+                     f"within {p['window_s']}s are unpaid")]
+
+
+def _payer_velocity_hits(session: Session, book: RuleBook, order: Order, rows: dict) -> list[Hit]:
+    rule = book.get("velocity_payer")
+    if rule is None:
+        return []
+    since = order.created_at - timedelta(seconds=rule.params["window_s"])
+    payers = {r.payer_account for column in ("device_id", "email_hash") for r in rows.get(column, ())
+              if r.payer_account and r.created_at >= since}
+    for payer in sorted(payers)[:5]:
+        count = session.scalar(select(func.count()).select_from(Order).where(
+            Order.payer_account == payer, Order.paid_at >= since, Order.paid_at <= order.created_at))
+        if count >= rule.params["limit"]:
+            return [rule.hit(f"the payment account this buyer uses paid {count} orders within "
+                             f"{rule.params['window_s']}s (limit {rule.params['limit']})")]
+    return []
+
+
+def _is_fresh(session: Session, order: Order, rows: dict) -> bool:
+    """No earlier order from this device, email or logged-in user (an IP says too little)."""
+    if rows.get("device_id") or rows.get("email_hash"):
+        return False
+    conditions = [getattr(Order, c) == getattr(order, c) for c in ("device_id", "email_hash", "buyer_user_id")
+                  if getattr(order, c)]
+    if not conditions:
+        return True
+    return session.scalar(select(Order.order_no).where(or_(*conditions), Order.created_at <= order.created_at,
+                                                       Order.order_no != order.order_no).limit(1)) is None
+
+
+def _fresh_source_hits(session: Session, book: RuleBook, order: Order, product: Product | None, rows: dict) -> list[Hit]:
+    amount_rule, quantity_rule = book.get("first_order_amount"), book.get("max_quantity_fresh")
+    if amount_rule is None and quantity_rule is None:
+        return []
+    hits = []
+    fresh = None
+    if amount_rule is not None:
+        p = amount_rule.params
+        if product is not None and product.orders_seen >= p["min_history"]:
+            usual = product.amount_sum_cents / product.orders_seen
+        elif product is not None and product.price_cents:
+            usual = product.price_cents
+        else:
+            usual = order.amount_cents / max(1, order.quantity)
+        if order.amount_cents >= p["min_amount_cents"] and order.amount_cents >= p["factor"] * usual:
+            fresh = _is_fresh(session, order, rows)
+            if fresh:
+                hits.append(amount_rule.hit(f"a first order of {order.amount_cents / 100:.2f}, "
+                                            f"{order.amount_cents / usual:.1f}x the product's usual amount"))
+    if quantity_rule is not None and product is not None and product.max_per_order:
+        if product.max_per_order >= quantity_rule.params["min_max"] and order.quantity >= product.max_per_order:
+            fresh = _is_fresh(session, order, rows) if fresh is None else fresh
+            if fresh:
+                hits.append(quantity_rule.hit(f"a first order at the per-order maximum ({order.quantity})"))
+    return hits
+
+
+def assess_order(session: Session, book: RuleBook, order: Order, email: str | None) -> list[Hit]:
+    windows = [book.rules[name].params["window_s"]
+               for name in ("velocity_ip", "velocity_device", "velocity_email", "velocity_payer", "card_testing")]
+    windows.append(book.rules["card_testing"].params["open_window_s"])
+    rows = _source_rows(session, order, max(windows))
+    product = session.get(Product, order.product_id)
+    return (_blocklist_hits(session, book, order, email) + _velocity_hits(book, order, rows)
+            + _payer_velocity_hits(session, book, order, rows) + _card_testing_hits(book, order, rows)
+            + _product_burst_hits(session, book, order, rows)
+            + _fresh_source_hits(session, book, order, product, rows))
+
+
+def _record(session: Session, kind: str, subject: str, decision: str, score: int, hits: list[Hit],
+            at: datetime, **ids) -> Decision:
+    row = Decision(kind=kind, subject=subject, rules_decision=decision, decision=decision, score=score,
+                   reasons=[h.view() for h in hits], decided_by="rules", created_at=at, decided_at=at, **ids)
+    session.add(row)
+    return row
+
+
+def reason_texts(reasons: list[dict]) -> list[str]:
+    return [f"{r['rule']}: {r['reason']}" for r in reasons]
+
+
+def on_order_created(session: Session, p: dict) -> Decision | None:
+    """Assess an order once and answer delivery with ``risk.order.assessed``."""
+    if session.get(Order, p["order_no"]) is not None:
+        return None  # the same order announced again: it was assessed and answered already
+    client = p.get("client") or {}
+    email = p.get("email")
+    order = Order(order_no=p["order_no"], product_id=p["product_id"], merchant_id=p.get("merchant_id"),
+                  quantity=p["quantity"], amount_cents=p["amount_cents"],
+                  email_hash=email_hash(email) if email else None,
+                  email_domain=normalise_email(email).rpartition("@")[2] if email else None,
+                  ip=_ip(client.get("ip")), device_id=client.get("device_id"),
+                  buyer_user_id=p.get("buyer_user_id"), ref_code=p.get("ref_code"),
+                  created_at=parse_time(p.get("created_at")), refunded=False)
+    book = RuleBook(session)
+    hits = assess_order(session, book, order, email)
+    decision, score = book.decide(hits)
+    order.buyer_ref = order.buyer_user_id  # a guest is matched to a user only if a commission needs it
+    session.add(order)
+    if order.buyer_user_id:
+        added = _add_fingerprints(session, order.buyer_user_id, [("email", order.email_hash), ("ip", order.ip),
+                                                                 ("device", order.device_id)], order.created_at)
+        _rescreen_earner(session, order.buyer_user_id, added, order.created_at)
+    if decision == "approve":  # the product's usual amount is learned from orders that pass
+        product = session.get(Product, order.product_id)
+        if product is None:
+            product = Product(id=order.product_id, version=-1, orders_seen=0, amount_sum_cents=0)
+            session.add(product)
+        product.orders_seen = (product.orders_seen or 0) + 1
+        product.amount_sum_cents = (product.amount_sum_cents or 0) + order.amount_cents
+    row = _record(session, "order", order.order_no, decision, score, hits, order.created_at, order_no=order.order_no)
+    _publish_order(session, order.order_no, decision, score, row.reasons)
+    return row
+
+
+def _publish_order(session: Session, order_no: str, decision: str, score: int, reasons: list[dict]) -> None:
+    outbox.add(session, "risk.order.assessed", {"order_no": order_no, "decision": decision, "score": score,
+                                                "reasons": reason_texts(reasons)}, order_no)
+
+
+def _order(session: Session, order_no: str) -> Order:
+    order = session.get(Order, order_no)
+    if order is None:
+        raise NotReady(f"order {order_no} not seen yet")
+    return order
+
+
+def on_order_paid(session: Session, p: dict) -> None:
+    order = _order(session, p["order_no"])
+    if order.paid_at is not None:
+        return
+    order.paid_at = parse_time(p.get("paid_at"), order.created_at)
+    order.payer_account = (p.get("payer_account") or None)
+    if order.payer_account and order.buyer_user_id:
+        added = _add_fingerprints(session, order.buyer_user_id, [("payer", order.payer_account)], order.paid_at)
+        _rescreen_earner(session, order.buyer_user_id, added, order.paid_at)
+    if order.payer_account and session.scalar(select(Earning.id).where(Earning.order_no == order.order_no).limit(1)):
+        screen_commission(session, order)  # the commission came first: look again with the payer
+
+
+def on_order_delivered(session: Session, p: dict) -> None:
+    order = _order(session, p["order_no"])
+    if order.delivered_at is None:
+        order.delivered_at = parse_time(p.get("delivered_at"), order.paid_at or order.created_at)
+    if order.paid_at is None and p.get("paid_at"):
+        order.paid_at = parse_time(p["paid_at"])
+
+
+def on_order_refunded(session: Session, p: dict) -> None:
+    _order(session, p["order_no"]).refunded = True
+
+
+# -- commission: self-referral and rings -----------------------------------------------------
+
+def on_commission_accrued(session: Session, p: dict, at: datetime) -> None:
+    order = _order(session, p["order_no"])
+    users = {line["user_id"] for line in p.get("lines", [])}
+    if order.buyer_user_id:
+        users.add(order.buyer_user_id)
+    for user_id in users:
+        user = session.get(User, user_id)
+        if user is None or user.registered_at is None:
+            raise NotReady(f"user {user_id} not seen yet")
+    if order.buyer_ref is None:
+        order.buyer_ref = _resolve_buyer(session, order)
+    known = set(session.scalars(select(Earning.level).where(Earning.order_no == order.order_no)))
+    for line in p.get("lines", []):
+        if line["level"] in known:
+            continue
+        session.add(Earning(order_no=order.order_no, user_id=line["user_id"], level=line["level"],
+                            amount_cents=line["amount_cents"], buyer_ref=order.buyer_ref, flagged=False,
+                            created_at=order.delivered_at or at))
+    session.flush()
+    screen_commission(session, order)
+
+
+def _fingerprints(session: Session, user_id: str) -> set[tuple[str, str]]:
+    return set(session.execute(select(Fingerprint.kind, Fingerprint.value).where(Fingerprint.user_id == user_id)).all())
+
+
+def _buyer_fingerprints(session: Session, order: Order) -> set[tuple[str, str]]:
+    mine = {(k, v) for k, v in (("device", order.device_id), ("email", order.email_hash),
+                                ("payer", order.payer_account), ("ip", order.ip)) if v}
+    if order.buyer_user_id:  # who the buyer is beyond this order; not every IP they ever used
+        mine |= {(k, v) for k, v in _fingerprints(session, order.buyer_user_id) if k != "ip"}
+        user = session.get(User, order.buyer_user_id)
+        if user is not None and user.ip:
+            mine.add(("ip", user.ip))
+    return {(k, v) for k, v in mine if k != "ip" or routable(v)}
+
+
+def _quiet_ip(session: Session, ip: str, at: datetime, lookback_s: int, max_devices: int) -> bool:
+    """A home rather than an office or a carrier NAT: few devices ever seen on it lately."""
+    since = at - timedelta(seconds=lookback_s)
+    devices = set(session.scalars(select(Order.device_id).where(
+        Order.ip == ip, Order.created_at >= since, Order.device_id.is_not(None)).distinct().limit(max_devices + 1)))
+    if len(devices) <= max_devices:
+        devices |= set(session.scalars(select(User.device_id).where(
+            User.ip == ip, User.device_id.is_not(None)).distinct().limit(max_devices + 1)))
+    return len(devices) <= max_devices
+
+
+LABELS = {"device": "a device", "payer": "a payment account", "email": "an email address", "ip": "an IP address"}
+
+
+def _self_referral_hit(session: Session, book: RuleBook, order: Order, earning: Earning,
+                       buyer: set) -> Hit | None:
+    rule = book.get("self_referral")
+    if rule is None or earning.user_id == order.buyer_user_id:
+        return None
+    shared = buyer & _fingerprints(session, earning.user_id)
+    kinds = sorted({k for k, _ in shared if k != "ip"})
+    if rule.params["use_ip"]:
+        for _, ip in sorted(x for x in shared if x[0] == "ip"):
+            if _quiet_ip(session, ip, order.created_at, rule.params["ip_lookback_s"], rule.params["ip_max_devices"]):
+                kinds.append("ip")
+                break
+    if not kinds:
+        return None
+    return rule.hit("the buyer shares " + " and ".join(LABELS[k] for k in kinds) +
+                    f" with {earning.user_id}, who earns on this order at level {earning.level}")
+
+
+def _ring_pairs(session: Session, book: RuleBook, earnings: list[Earning]) -> list[tuple[str, str, int, int]]:
+    rule = book.get("ring")
+    if rule is None:
+        return []
+    k, max_level = rule.params["min_each_way"], rule.params["max_level"]
+    pairs = []
+    for e in earnings:
+        if e.level > max_level or not e.buyer_ref or e.buyer_ref == e.user_id:
+            continue
+
+        def count(earner, buyer):
+            return session.scalar(select(func.count()).select_from(Earning).where(
+                Earning.user_id == earner, Earning.buyer_ref == buyer, Earning.level <= max_level))
+        there = count(e.user_id, e.buyer_ref)
+        back = count(e.buyer_ref, e.user_id) if there >= k else 0
+        if there >= k and back >= k:
+            pairs.append((e.user_id, e.buyer_ref, there, back))
+    return pairs
+
+
+def _flag(session: Session, earning: Earning, hits: list[Hit], at: datetime) -> None:
+    subject = f"{earning.order_no}:{earning.user_id}"
+    if session.scalar(select(Decision.id).where(Decision.kind == "commission", Decision.subject == subject)):
+        return
+    earning.flagged = True
+    row = _record(session, "commission", subject, "review", sum(h.score for h in hits), hits, at,
+                  order_no=earning.order_no, user_id=earning.user_id)
+    outbox.add(session, "risk.commission.flagged", {
+        "order_no": earning.order_no, "user_id": earning.user_id,
+        "reason": "; ".join(r["reason"] for r in row.reasons)[:300]}, earning.order_no)
+
+
+def _rescreen_earner(session: Session, user_id: str, added: list[tuple[str, str]], at: datetime) -> None:
+    """A user just showed a device, payment account or email not seen on them before: the
+    lines they earned on orders placed with it are looked at again (an alt account bought
+    before its maker ever used that card or phone for themselves)."""
+    columns = {"device": Order.device_id, "payer": Order.payer_account, "email": Order.email_hash}
+    strong = [(kind, value) for kind, value in added if kind in columns]
+    if not strong:
+        return
+    rule = RuleBook(session).get("self_referral")
+    if rule is None:
+        return
+    since = at - timedelta(seconds=rule.params["ip_lookback_s"])
+    rows = session.execute(select(Earning, Order).join(Order, Order.order_no == Earning.order_no).where(
+        Earning.user_id == user_id, Earning.flagged.is_(False), Order.created_at >= since,
+        or_(Order.buyer_user_id.is_(None), Order.buyer_user_id != user_id),
+        or_(*[columns[kind] == value for kind, value in strong])).order_by(Earning.id)).all()
+    for earning, order in rows:
+        kinds = sorted({kind for kind, value in strong if getattr(order, columns[kind].key) == value})
+        _flag(session, earning, [rule.hit("the buyer used " + " and ".join(LABELS[k] for k in kinds) +
+                                          f" that {user_id}, who earns on this order at level {earning.level}, "
+                                          f"was later seen using")], at)
+
+
+def screen_commission(session: Session, order: Order) -> None:
+    """Flag (hold, never void) every line of the order whose earner looks like the buyer,
+    and both sides' lines of a ring. A line is judged once: what the operator cleared stays cleared."""
+    book = RuleBook(session)
+    earnings = list(session.scalars(select(Earning).where(Earning.order_no == order.order_no).order_by(Earning.level)))
+    decided = set(session.scalars(select(Decision.user_id).where(Decision.kind == "commission",
+                                                                 Decision.order_no == order.order_no)))
+    buyer = _buyer_fingerprints(session, order)
+    at = order.delivered_at or order.created_at
+    for earning in earnings:
+        if earning.user_id in decided:
+            continue
+        hit = _self_referral_hit(session, book, order, earning, buyer)
+        if hit is not None:
+            _flag(session, earning, [hit], at)
+    for earner, other, there, back in _ring_pairs(session, book, earnings):
+        rule = book.get("ring")
+        hit = rule.hit(f"{earner} and {other} buy through each other ({there} and {back} orders)")
+        for line in session.scalars(select(Earning).where(
+                or_((Earning.user_id == earner) & (Earning.buyer_ref == other),
+                    (Earning.user_id == other) & (Earning.buyer_ref == earner)),
+                Earning.level <= rule.params["max_level"], Earning.flagged.is_(False))
+                .order_by(Earning.id)).all():
+            _flag(session, line, [hit], at)
+
+
+# -- withdrawals -----------------------------------------------------------------------------
+
+def on_withdrawal_requested(session: Session, p: dict) -> Decision | None:
+    if session.get(Withdrawal, p["withdrawal_id"]) is not None:
+        return None
+    at = parse_time(p.get("requested_at"))
+    user = None
+    if p.get("user_id"):
+        user = session.get(User, p["user_id"])
+        if user is None or user.registered_at is None:
+            raise NotReady(f"user {p['user_id']} not seen yet")
+    owner = p.get("owner") or f"user:{p.get('user_id')}"
+    w = Withdrawal(id=p["withdrawal_id"], owner=owner, user_id=p.get("user_id"), amount_cents=p["amount_cents"],
+                   fee_cents=p.get("fee_cents") or 0, destination_hash=p.get("destination_hash"), requested_at=at)
+    book = RuleBook(session)
+    hits = assess_withdrawal(session, book, w, user)
+    session.add(w)
+    decision, score = book.decide(hits)
+    row = _record(session, "withdrawal", w.id, decision, score, hits, at, withdrawal_id=w.id, user_id=w.user_id)
+    _publish_withdrawal(session, w.id, decision, score, row.reasons)
+    return row
+
+
+def _publish_withdrawal(session: Session, withdrawal_id: str, decision: str, score: int, reasons: list[dict]) -> None:
+    outbox.add(session, "risk.withdrawal.assessed", {"withdrawal_id": withdrawal_id, "decision": decision,
+                                                     "score": score, "reasons": reason_texts(reasons)}, withdrawal_id)
+
+
+def assess_withdrawal(session: Session, book: RuleBook, w: Withdrawal, user: User | None) -> list[Hit]:
+    hits = []
+    gross = w.amount_cents + (w.fee_cents or 0)
+    rule = book.get("withdrawal_new_account")
+    if rule is not None and user is not None:
+        age = (w.requested_at - user.registered_at).total_seconds()
+        if age < rule.params["min_age_s"]:
+            hits.append(rule.hit(f"the account is {age / 86400:.1f} days old"))
+    if user is not None:
+        earned = Earning.amount_cents
+        rule = book.get("withdrawal_fast")
+        if rule is not None and gross > 0:
+            recent = session.scalar(select(func.coalesce(func.sum(earned), 0)).where(
+                Earning.user_id == user.id, Earning.created_at >= w.requested_at - timedelta(seconds=rule.params["window_s"]),
+                Earning.created_at <= w.requested_at))
+            if recent >= rule.params["share"] * gross:
+                hits.append(rule.hit(f"{recent / 100:.2f} of the {gross / 100:.2f} was earned in the "
+                                     f"{rule.params['window_s']}s before"))
+        rule = book.get("withdrawal_tainted")
+        if rule is not None:
+            total, tainted = session.execute(
+                select(func.coalesce(func.sum(earned), 0),
+                       func.coalesce(func.sum(earned).filter(or_(Earning.flagged.is_(True), Order.refunded.is_(True))), 0))
+                .select_from(Earning).join(Order, Order.order_no == Earning.order_no, isouter=True)
+                .where(Earning.user_id == user.id)).one()
+            if total > 0 and tainted >= rule.params["share"] * total:
+                hits.append(rule.hit(f"{tainted / 100:.2f} of {total / 100:.2f} earned comes from flagged "
+                                     f"commission or refunded orders"))
+    rule = book.get("withdrawal_shared_destination")
+    if rule is not None and w.destination_hash:
+        others = session.scalar(select(func.count(func.distinct(Withdrawal.owner))).where(
+            Withdrawal.destination_hash == w.destination_hash, Withdrawal.owner != w.owner))
+        if others >= max(1, rule.params["min_other_owners"]):
+            hits.append(rule.hit(f"the destination was used by {others} other account(s)"))
+    return hits
+
+
+# -- the operator ----------------------------------------------------------------------------
+
+def operator_decide(session: Session, row: Decision, verdict: str, note: str | None, now: datetime) -> Decision:
+    """The operator's answer to a decision in review; announced like any other decision."""
+    if row.decision != "review":
+        raise Refused(409, "not_in_review", f"this decision is {row.decision}, not in review")
+    row.decision, row.decided_by, row.note, row.decided_at = verdict, "operator", note, now
+    reasons = row.reasons + [{"rule": "operator", "score": 0, "reason": f"{verdict}d by the operator"
+                              + (f": {note}" if note else "")}]
+    if row.kind == "order":
+        _publish_order(session, row.order_no, verdict, row.score, reasons)
+    elif row.kind == "withdrawal":
+        _publish_withdrawal(session, row.withdrawal_id, verdict, row.score, reasons)
+    else:
+        earning = session.scalar(select(Earning).where(Earning.order_no == row.order_no,
+                                                       Earning.user_id == row.user_id))
+        if verdict == "approve":
+            if earning is not None:
+                earning.flagged = False
+            outbox.add(session, "risk.commission.cleared", {"order_no": row.order_no, "user_id": row.user_id},
+                       row.order_no)
+        else:
+            outbox.add(session, "risk.commission.rejected", {
+                "order_no": row.order_no, "user_id": row.user_id,
+                "reason": (note or "rejected after risk review")[:300]}, row.order_no)
+    return row
+
+
+# -- the blocklist ---------------------------------------------------------------------------
+
+def normalise_block_value(kind: str, value: str) -> str:
+    """The stored form of an entry; ValueError when it is not one."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if kind == "email":
+        if value.count("@") != 1 or value.startswith("@") or value.endswith("@"):
+            raise ValueError("not an email address")
+        return normalise_email(value)
+    if kind == "email_domain":
+        domain = value.lower().lstrip("@").rstrip(".")
+        if "@" in domain or "." not in domain or any(not part for part in domain.split(".")):
+            raise ValueError("not a domain")
+        return "gmail.com" if domain == "googlemail.com" else domain
+    if kind == "ip":
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ValueError("not an IP address or CIDR network") from None
+    if kind == "device":
+        if len(value) > 128:
+            raise ValueError("longer than 128 characters")
+        return value
+    raise ValueError(f"kind must be one of {', '.join(BLOCK_KINDS)}")
+
+
+def add_block(session: Session, kind: str, value: str, reason: str | None, now: datetime) -> BlockEntry:
+    try:
+        stored = normalise_block_value(kind, value)
+    except ValueError as exc:
+        raise Refused(422, "invalid", "the request has invalid fields", {"value": [str(exc)]}) from None
+    if session.scalar(select(BlockEntry.id).where(BlockEntry.kind == kind, BlockEntry.value == stored)):
+        raise Refused(409, "already_blocked", f"{kind} {stored} is already on the blocklist")
+    entry = BlockEntry(kind=kind, value=stored, reason=reason, created_at=now)
+    session.add(entry)
+    session.flush()
+    return entry
