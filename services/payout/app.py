@@ -2,12 +2,10 @@ from __future__ import annotations
 
 from shared.config import Settings, load_settings
 from shared.db import Database
-from shared.errors import error_response
 from shared.web import create_service_app
 
 from .api import bp
 from .config import PayoutConfig, load_config
-from .domain import Refused
 from .models import Base, outbox
 
 SERVICE = "payout"
@@ -24,6 +22,5 @@ def create_app(settings: Settings | None = None, db: Database | None = None, bus
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
     app.extensions["linkshop"].extra["config"] = config
-    app.register_error_handler(Refused, lambda exc: error_response(exc.status, exc.code, exc.message, exc.fields))
     app.register_blueprint(bp)
     return app

@@ -37,6 +37,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from shared.errors import ApiError
 from shared.auth import hash_secret
 from shared.inbox import NotReady
 
@@ -50,10 +51,6 @@ WITHDRAWAL_FEES = "platform:withdrawal_fees"
 MERCHANT_LEVEL = 0
 
 
-class Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
 
 
 class BadEvent(ValueError):
@@ -334,14 +331,14 @@ def request_withdrawal(session: Session, cfg: PayoutConfig, owner: str, amount: 
     """Reserve amount + fee at once with one conditional UPDATE whose row count decides:
     two requests racing for the same money cannot both pass it."""
     if amount < cfg.withdrawal_min_cents:
-        raise Refused(422, "below_minimum", f"the minimum withdrawal is {cfg.withdrawal_min_cents} cents",
+        raise ApiError(422, "below_minimum", f"the minimum withdrawal is {cfg.withdrawal_min_cents} cents",
                       {"amount_cents": [f"must be at least {cfg.withdrawal_min_cents}"]})
     if amount > cfg.withdrawal_max_cents:
-        raise Refused(422, "above_maximum", f"the maximum withdrawal is {cfg.withdrawal_max_cents} cents",
+        raise ApiError(422, "above_maximum", f"the maximum withdrawal is {cfg.withdrawal_max_cents} cents",
                       {"amount_cents": [f"must be at most {cfg.withdrawal_max_cents}"]})
     name = ledger.account(owner, "available")
     if spendable(session, owner) < 0:
-        raise Refused(409, "account_in_debt", "the account carries a debt from a refund; later earnings pay it first")
+        raise ApiError(409, "account_in_debt", "the account carries a debt from a refund; later earnings pay it first")
     fee = cfg.withdrawal_fee(amount)
     total = amount + fee
     accounts = Account.__table__
@@ -349,7 +346,7 @@ def request_withdrawal(session: Session, cfg: PayoutConfig, owner: str, amount: 
         accounts.c.name == name, accounts.c.balance_cents - accounts.c.reserved_cents >= total)
         .values(reserved_cents=accounts.c.reserved_cents + total))
     if reserved.rowcount != 1:
-        raise Refused(409, "insufficient_funds", f"{total} cents (amount and fee) exceed the available balance",
+        raise ApiError(409, "insufficient_funds", f"{total} cents (amount and fee) exceed the available balance",
                       {"amount_cents": [f"amount + fee = {total} cents is more than available"]})
     w = Withdrawal(id=f"wd_{secrets.token_hex(8)}", owner=owner, account=name, amount_cents=amount, fee_cents=fee,
                    destination=destination, destination_hash=dest_hash, status="requested", reasons=[],

@@ -6,7 +6,6 @@ so "why did (or didn't) I get paid?" has the same answer forever.
 """
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import datetime, timedelta
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.errors import ApiError
+from shared.identity import email_hash, normalise_email
 from shared.db import after_commit, is_postgres
 from shared.inbox import NotReady
 from shared.projection import upsert_newer
@@ -23,19 +23,6 @@ from .models import Attribution, CommissionLine, Merchant, Product, Setting, Use
 
 MAX_LEVELS = 3
 INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes are read aloud
-
-
-def normalise_email(email: str) -> str:
-    """Case, and for Gmail-style mailboxes the dots and +tags, do not make another person."""
-    local, _, domain = email.strip().lower().rpartition("@")
-    if domain in ("gmail.com", "googlemail.com"):
-        local = local.split("+", 1)[0].replace(".", "")
-        domain = "gmail.com"
-    return f"{local}@{domain}"
-
-
-def email_hash(email: str) -> str:
-    return hashlib.sha256(normalise_email(email).encode()).hexdigest()
 
 
 def new_invite_code() -> str:

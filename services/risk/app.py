@@ -2,11 +2,9 @@ from __future__ import annotations
 
 from shared.config import Settings, load_settings
 from shared.db import Database
-from shared.errors import error_response
 from shared.web import create_service_app
 
 from .api import bp
-from .domain import Refused
 from .models import Base, outbox
 
 SERVICE = "risk"
@@ -20,6 +18,5 @@ def create_app(settings: Settings | None = None, db: Database | None = None, bus
     settings = settings or load_settings(SERVICE)
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
-    app.register_error_handler(Refused, lambda exc: error_response(exc.status, exc.code, exc.message, exc.fields))
     app.register_blueprint(bp)
     return app

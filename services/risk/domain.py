@@ -7,13 +7,14 @@ worked off after an outage, or events arriving out of order, give the same answe
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from shared.errors import ApiError
+from shared.identity import email_hash, normalise_email
 from shared.inbox import NotReady
 
 from .models import (BlockEntry, Decision, Earning, Fingerprint, Order, Product, User, Withdrawal,
@@ -25,29 +26,9 @@ SOURCE_DIMENSIONS = (("device_id", "device"), ("email_hash", "email"), ("ip", "I
 ROW_CAP = 500  # rows read per source and window: enough for every limit, bounded on a busy NAT
 
 
-class Refused(Exception):
-    """A request the rules refuse; the API turns it into a 4xx JSON error."""
-
-    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
 
 
 # -- identities ------------------------------------------------------------------------------
-
-def normalise_email(email: str) -> str:
-    """Case, and for Gmail-style mailboxes the dots and +tags, do not make another person.
-    (The same rule as referral's, kept here so the hashes match: services share no code.)"""
-    local, _, domain = email.strip().lower().rpartition("@")
-    if domain in ("gmail.com", "googlemail.com"):
-        local = local.split("+", 1)[0].replace(".", "")
-        domain = "gmail.com"
-    return f"{local}@{domain}"
-
-
-def email_hash(email: str) -> str:
-    return hashlib.sha256(normalise_email(email).encode()).hexdigest()
-
 
 def parse_time(value: str | None, default: datetime | None = None) -> datetime:
     if not value:
@@ -638,7 +619,7 @@ def assess_withdrawal(session: Session, book: RuleBook, w: Withdrawal, user: Use
 def operator_decide(session: Session, row: Decision, verdict: str, note: str | None, now: datetime) -> Decision:
     """The operator's answer to a decision in review; announced like any other decision."""
     if row.decision != "review":
-        raise Refused(409, "not_in_review", f"this decision is {row.decision}, not in review")
+        raise ApiError(409, "not_in_review", f"this decision is {row.decision}, not in review")
     row.decision, row.decided_by, row.note, row.decided_at = verdict, "operator", note, now
     reasons = row.reasons + [{"rule": "operator", "score": 0, "reason": f"{verdict}d by the operator"
                               + (f": {note}" if note else "")}]
@@ -693,9 +674,9 @@ def add_block(session: Session, kind: str, value: str, reason: str | None, now: 
     try:
         stored = normalise_block_value(kind, value)
     except ValueError as exc:
-        raise Refused(422, "invalid", "the request has invalid fields", {"value": [str(exc)]}) from None
+        raise ApiError(422, "invalid", "the request has invalid fields", {"value": [str(exc)]}) from None
     if session.scalar(select(BlockEntry.id).where(BlockEntry.kind == kind, BlockEntry.value == stored)):
-        raise Refused(409, "already_blocked", f"{kind} {stored} is already on the blocklist")
+        raise ApiError(409, "already_blocked", f"{kind} {stored} is already on the blocklist")
     entry = BlockEntry(kind=kind, value=stored, reason=reason, created_at=now)
     session.add(entry)
     session.flush()
