@@ -1,1 +1,1 @@
-"""referral: users, invite codes, the referral graph, commissions and their explanation (skeleton until its issue lands)."""
+"""referral: users, invite codes, the referral graph, commissions and their explanation."""
