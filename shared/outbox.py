@@ -6,7 +6,7 @@ import json
 import logging
 
 from sqlalchemy import (BigInteger, Column, Index, Integer, MetaData, String, Table, Text,
-                        func, select, update)
+                        func, select, text, update)
 from sqlalchemy.orm import Session
 
 from . import metrics
@@ -63,6 +63,11 @@ class Relay:
         if not self.db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         with self.db.write() as session:
+            if not self.db.is_sqlite:
+                # Marking rows sent need not wait for the disk: if a crash loses that commit the
+                # rows are sent again, and consumers drop the duplicates. The fsync it saves
+                # is one fewer in the queue in front of every payment's commit.
+                session.execute(text("SET LOCAL synchronous_commit = off"))
             rows = session.execute(query).all()
             if not rows:
                 return 0
