@@ -60,8 +60,6 @@ def build(users: int, max_depth: int, seed: int) -> str:
 
 
 def measure(url: str, depths: list[int], samples: int, seed: int) -> dict:
-    from sqlalchemy.orm import Session
-
     from services.referral import domain
     from services.referral.models import Base, User
     from shared.db import Database
@@ -87,7 +85,8 @@ def measure(url: str, depths: list[int], samples: int, seed: int) -> dict:
     def cycle_check(i):
         with db.read() as s:
             user = s.get(User, f"usr_{i:016x}")
-            assert f"usr_{0:016x}" not in domain.ancestors(user) or True
+            # what a rebind checks: is the would-be parent inside the mover's own team?
+            assert user.id not in domain.ancestors(user) and len(domain.ancestors(user)) == depths[i]
 
     def team(i):
         with db.read() as s:

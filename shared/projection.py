@@ -17,3 +17,23 @@ def upsert_newer(session: Session, model, key: str, version: int, **fields) -> b
         setattr(row, name, value)
     row.version = version
     return True
+
+
+def replace_key_hashes(session: Session, key_model, merchant_id: str, active: bool, hashes) -> None:
+    """Keep exactly the merchant's current API key hashes (catalog.merchant.upserted): a
+    rotated or suspended merchant's old keys stop working in every service that holds them."""
+    from sqlalchemy import delete, insert
+
+    session.execute(delete(key_model).where(key_model.merchant_id == merchant_id))
+    if active and hashes:
+        session.execute(insert(key_model), [{"key_hash": h, "merchant_id": merchant_id} for h in hashes])
+
+
+def merchant_for_token(session: Session, key_model, token: str | None) -> str | None:
+    """The merchant a bearer API key belongs to, from the projection of its hash."""
+    from sqlalchemy import select
+
+    from .auth import hash_secret
+    if not token:
+        return None
+    return session.scalar(select(key_model.merchant_id).where(key_model.key_hash == hash_secret(token)))

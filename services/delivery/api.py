@@ -16,7 +16,7 @@ from shared.openapi import documented
 from shared.web import ctx
 
 from . import domain
-from .models import CardKey, KeyPool, Order, OrderKey, Product, Refund, idempotency
+from .models import CardKey, KeyPool, Order, Product, Refund, idempotency
 from .payments import BadNotice, SignatureError
 from .schemas import (KeyImportSchema, LookupSchema, OrderCreateSchema, OrderTokenSchema, RefundSchema,
                       ReplaceSchema)

@@ -21,7 +21,8 @@ from shared.errors import ApiError
 from shared.auth import hash_secret
 from shared.db import after_commit, is_postgres
 from shared.events import utcnow
-from shared.projection import upsert_newer
+from shared.projection import merchant_for_token as projected_merchant_for_token
+from shared.projection import replace_key_hashes, upsert_newer
 
 from .models import (CardKey, KeyPool, Merchant, MerchantKey, Order, OrderKey, Payment, Product,
                      RateLimit, Refund, StockState, outbox)
@@ -42,19 +43,13 @@ def upsert_product(session: Session, p: dict) -> None:
 
 
 def upsert_merchant(session: Session, p: dict) -> None:
-    if not upsert_newer(session, Merchant, p["merchant_id"], p["version"], status=p["status"],
-                        fee_bps=p.get("fee_bps", 200)):
-        return
-    session.execute(delete(MerchantKey).where(MerchantKey.merchant_id == p["merchant_id"]))
-    if p["status"] == "active" and p["api_key_hashes"]:
-        session.execute(insert(MerchantKey), [{"key_hash": h, "merchant_id": p["merchant_id"]}
-                                              for h in p["api_key_hashes"]])
+    if upsert_newer(session, Merchant, p["merchant_id"], p["version"], status=p["status"],
+                    fee_bps=p.get("fee_bps", 200)):
+        replace_key_hashes(session, MerchantKey, p["merchant_id"], p["status"] == "active", p.get("api_key_hashes"))
 
 
 def merchant_for_token(session: Session, token: str | None) -> str | None:
-    if not token:
-        return None
-    return session.scalar(select(MerchantKey.merchant_id).where(MerchantKey.key_hash == hash_secret(token)))
+    return projected_merchant_for_token(session, MerchantKey, token)
 
 
 # -- the vault -------------------------------------------------------------------------------

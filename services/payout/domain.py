@@ -34,12 +34,13 @@ import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import ApiError
-from shared.auth import hash_secret
 from shared.inbox import NotReady
+from shared.projection import merchant_for_token as projected_merchant_for_token
+from shared.projection import replace_key_hashes, upsert_newer
 
 from . import ledger
 from .config import PayoutConfig
@@ -49,8 +50,6 @@ from .models import (Account, Entry, Merchant, MerchantKey, PayoutOrder, Posting
 PLATFORM_FEES = "platform:fees"
 WITHDRAWAL_FEES = "platform:withdrawal_fees"
 MERCHANT_LEVEL = 0
-
-
 
 
 class BadEvent(ValueError):
@@ -86,23 +85,12 @@ def _where(share: Share) -> str:
 # -- projections ---------------------------------------------------------------------------------
 
 def upsert_merchant(session: Session, p: dict) -> None:
-    merchant = session.get(Merchant, p["merchant_id"], with_for_update=True)
-    if merchant is not None and merchant.version >= p["version"]:
-        return
-    if merchant is None:
-        merchant = Merchant(id=p["merchant_id"])
-        session.add(merchant)
-    merchant.name, merchant.status, merchant.version = p.get("name") or "", p["status"], p["version"]
-    session.execute(delete(MerchantKey).where(MerchantKey.merchant_id == merchant.id))
-    if p["status"] == "active" and p.get("api_key_hashes"):
-        session.execute(insert(MerchantKey), [{"key_hash": h, "merchant_id": merchant.id}
-                                              for h in p["api_key_hashes"]])
+    if upsert_newer(session, Merchant, p["merchant_id"], p["version"], name=p.get("name") or "", status=p["status"]):
+        replace_key_hashes(session, MerchantKey, p["merchant_id"], p["status"] == "active", p.get("api_key_hashes"))
 
 
 def merchant_for_token(session: Session, token: str | None) -> str | None:
-    if not token:
-        return None
-    return session.scalar(select(MerchantKey.merchant_id).where(MerchantKey.key_hash == hash_secret(token)))
+    return projected_merchant_for_token(session, MerchantKey, token)
 
 
 # -- settlement ----------------------------------------------------------------------------------

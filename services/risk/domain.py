@@ -26,8 +26,6 @@ SOURCE_DIMENSIONS = (("device_id", "device"), ("email_hash", "email"), ("ip", "I
 ROW_CAP = 500  # rows read per source and window: enough for every limit, bounded on a busy NAT
 
 
-
-
 # -- identities ------------------------------------------------------------------------------
 
 def parse_time(value: str | None, default: datetime | None = None) -> datetime:

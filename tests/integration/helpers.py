@@ -68,6 +68,19 @@ class Shop:
         self.secret_sink = secret_sink          # every card secret imported during the run
         self.credential_sink = credential_sink  # access tokens and API keys handed out during the run
 
+    # -- referral
+    def register_chain(self, length: int) -> list[dict]:
+        """``length`` users, each invited by the one before: the root first, the newest last."""
+        users, code = [], None
+        for _ in range(length):
+            r = requests.post(f"{self.stack.url('referral')}/referral/v1/users", timeout=HTTP_TIMEOUT,
+                              json={"email": f"it-{secrets.token_hex(5)}@example.com", "invite_code": code})
+            assert r.status_code == 201, r.text
+            users.append(r.json())
+            self.credential_sink.append(r.json()["token"])
+            code = r.json()["invite_code"]
+        return users
+
     # -- catalog
     def create_merchant(self, name: str | None = None) -> dict:
         name = name or f"merchant-{secrets.token_hex(3)}"

@@ -20,21 +20,13 @@ def _bearer(token: str) -> dict:
 def test_design_example_ends_with_exactly_its_postings(shop, stack, run):
     """100.00 paid, fee 2%, cost 60.00, 8%/4%/2%: 2.00 to the platform, 8.00/4.00/2.00 to the
     upline, 84.00 to the merchant, every posting summing to the amount paid."""
-    referral, payout, delivery = stack.url("referral"), stack.url("payout"), stack.url("delivery")
+    payout, delivery = stack.url("payout"), stack.url("delivery")
     admin = _bearer(run.env["LINKSHOP_ADMIN_TOKEN"])
     merchant = shop.create_merchant()
     product = shop.create_product(merchant, price_cents=10000, cost_cents=6000,
                                   commission={"levels_bps": [800, 400, 200]})
     shop.import_keys(merchant, product["id"], shop.new_keys(1))
-    users, code = [], None
-    for _ in range(4):
-        r = requests.post(f"{referral}/referral/v1/users", timeout=HTTP_TIMEOUT,
-                          json={"email": f"it-{secrets.token_hex(5)}@example.com", "invite_code": code})
-        assert r.status_code == 201, r.text
-        users.append(r.json())
-        run.credentials.append(r.json()["token"])
-        code = r.json()["invite_code"]
-    a, b, c, buyer = users
+    a, b, c, buyer = shop.register_chain(4)
     r = requests.post(f"{delivery}/delivery/v1/orders", timeout=HTTP_TIMEOUT, headers=_bearer(buyer["token"]),
                       json={"product_id": product["id"], "quantity": 1, "email": f"it-{secrets.token_hex(4)}@example.com"})
     assert r.status_code == 201, r.text

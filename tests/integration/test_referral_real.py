@@ -44,15 +44,7 @@ def test_chain_accrues_refund_reverses_replays_change_nothing(shop, stack, run, 
     product = shop.create_product(merchant, price_cents=10000, cost_cents=6000,
                                   commission={"levels_bps": [800, 400, 200]})
     shop.import_keys(merchant, product["id"], shop.new_keys(2, "REF"))
-    users, code = [], None
-    for _ in range(4):
-        r = requests.post(f"{referral}/referral/v1/users", timeout=HTTP_TIMEOUT,
-                          json={"email": f"ref-{secrets.token_hex(5)}@example.com", "invite_code": code})
-        assert r.status_code == 201, r.text
-        users.append(r.json())
-        run.credentials.append(r.json()["token"])
-        code = r.json()["invite_code"]
-    a, b, c, buyer = users
+    a, b, c, buyer = shop.register_chain(4)
     r = requests.post(f"{delivery}/delivery/v1/orders", timeout=HTTP_TIMEOUT, headers=_bearer(buyer["token"]),
                       json={"product_id": product["id"], "quantity": 2, "email": f"ref-{secrets.token_hex(4)}@example.com"})
     assert r.status_code == 201, r.text

@@ -73,7 +73,6 @@ def test_rotation_keeps_old_keys_readable_and_dedupe_working(make_shop, tmp_path
     pid = shop.product(merchant)
     shop.import_keys(merchant, pid, ["OLD-1", "OLD-2"])
     first = shop.buy(pid)
-    db_path = shop.system.settings["delivery"].database_url
     # restart on the same files with a new key, the old one listed as previous
     from services.embedded import build_embedded
     from services.delivery import domain
