@@ -92,6 +92,7 @@ class AmqpBus:
     """kombu on RabbitMQ: publisher confirms, ``mandatory``, a retry policy, ack after commit."""
 
     RETRY_POLICY = {"max_retries": 5, "interval_start": 0, "interval_step": 0.5, "interval_max": 3}
+    CONFIRM_TIMEOUT_S = 30.0
 
     def __init__(self, url: str, retry_delays_ms=(1000, 5000, 30000), max_attempts: int = 12,
                  batch_size: int = 32):
@@ -102,9 +103,11 @@ class AmqpBus:
         self._local = threading.local()
         self.unroutable = 0
 
-    def _connect(self):
+    def _connect(self, confirm_each: bool = True):
+        """``confirm_each``: kombu waits for the confirm of every message it publishes (the
+        retry producer and tests); the outbox relay confirms whole batches instead."""
         from kombu import Connection
-        return Connection(self.url, transport_options={"confirm_publish": True}, heartbeat=30,
+        return Connection(self.url, transport_options={"confirm_publish": confirm_each}, heartbeat=30,
                           connect_timeout=5)
 
     # -- topology -------------------------------------------------------------------------
@@ -142,42 +145,37 @@ class AmqpBus:
                 conn.release()
 
     # -- publishing -----------------------------------------------------------------------
-    def _producer(self):
-        from kombu import Producer
-        producer = getattr(self._local, "producer", None)
-        if producer is None:
-            conn = self._connect()
+    def _publisher(self) -> "_ConfirmingChannel":
+        publisher = getattr(self._local, "publisher", None)
+        if publisher is None:
+            conn = self._connect(confirm_each=False)
             conn.ensure_connection(max_retries=3)
-            producer = Producer(conn.channel(), on_return=self._on_return)
-            self._local.conn, self._local.producer = conn, producer
-        return producer
+            publisher = self._local.publisher = _ConfirmingChannel(conn, self)
+        return publisher
 
-    def _on_return(self, exception, exchange, routing_key, message):
+    def publish(self, envelopes: list[dict]) -> None:
+        """Publish the lot, then wait for all their confirms at once (a round trip per batch,
+        not per message). Any failure raises: the caller's outbox rows stay unsent and go
+        again, whole; consumers drop what had arrived already. A connection the broker has
+        closed since the last batch is replaced once, here, before giving up."""
+        for attempt in (1, 2):
+            try:
+                self._publisher().publish_confirmed(envelopes, self.CONFIRM_TIMEOUT_S)
+                return
+            except Exception:
+                self.close_publisher()
+                if attempt == 2:
+                    raise
+
+    def _on_return(self, routing_key: str) -> None:
         self.unroutable += 1
         log.error("event %s was unroutable: no queue is bound to it", routing_key)
 
-    def publish(self, envelopes: list[dict]) -> None:
-        try:
-            producer = self._producer()
-            for envelope in envelopes:
-                producer.publish(
-                    json.dumps(envelope, separators=(",", ":")), exchange=topology.EXCHANGE,
-                    routing_key=envelope["type"], content_type="application/json",
-                    content_encoding="utf-8", delivery_mode=2, mandatory=True,
-                    message_id=envelope["id"], headers={ATTEMPT_HEADER: 1},
-                    retry=True, retry_policy=self.RETRY_POLICY)
-        except Exception:
-            self.close_publisher()
-            raise
-
     def close_publisher(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = self._local.producer = None
-        if conn is not None:
-            try:
-                conn.release()
-            except Exception:
-                pass
+        publisher = getattr(self._local, "publisher", None)
+        self._local.publisher = None
+        if publisher is not None:
+            publisher.close()
 
     # -- consuming ------------------------------------------------------------------------
     def consume(self, service: str, consumer, stop: threading.Event, prefetch: int = 32,
@@ -239,11 +237,16 @@ class AmqpBus:
         if not parsed:
             return
         results = consumer.handle_batch([envelope for _, envelope in parsed])
+        last_done = None
         for (message, envelope), result in zip(parsed, results):
             if isinstance(result, Exception):
                 self._retry(service, retry_producer, message, envelope, result)
-            else:
-                message.ack()
+            elif last_done is None or message.delivery_tag > last_done.delivery_tag:
+                last_done = message
+        if last_done is not None:
+            # One ack for the batch: every earlier delivery on this channel is settled by now
+            # (acked, retried or dead-lettered above), so ``multiple`` covers exactly the rest.
+            last_done.channel.basic_ack(last_done.delivery_tag, multiple=True)
 
     def _retry(self, service, retry_producer, message, envelope, exc) -> None:
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
@@ -269,3 +272,67 @@ class AmqpBus:
             return True
         except Exception:
             return False
+
+
+class _ConfirmingChannel:
+    """A channel in confirm mode that publishes a batch and then waits for every confirm.
+
+    Delivery tags count the messages published on the channel from 1; the broker acks (or
+    nacks) them, singly or ``multiple`` up to a tag. A nack, a ``mandatory`` return (no queue
+    bound) or a timeout fails the batch.
+    """
+
+    def __init__(self, conn, bus: AmqpBus):
+        self.conn = conn
+        self.channel = conn.channel()
+        self.channel.confirm_select()
+        self.bus = bus
+        self.published = 0
+        self.unconfirmed: set[int] = set()
+        self.failures: list[str] = []
+        self.channel.events["basic_ack"].add(self._on_ack)
+        self.channel.events["basic_nack"].add(self._on_nack)
+        self.channel.events["basic_return"].add(self._on_return)
+
+    def _settle(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self.unconfirmed = {t for t in self.unconfirmed if t > tag}
+        else:
+            self.unconfirmed.discard(tag)
+
+    def _on_ack(self, tag, multiple):
+        self._settle(tag, multiple)
+
+    def _on_nack(self, tag, multiple):
+        self.failures.append(f"broker nacked message {tag}")
+        self._settle(tag, multiple)
+
+    def _on_return(self, exc, exchange, routing_key, message):
+        self.bus._on_return(routing_key)
+        self.failures.append(f"{routing_key} was unroutable")
+
+    def publish_confirmed(self, envelopes: list[dict], timeout_s: float) -> None:
+        self.failures.clear()
+        for envelope in envelopes:
+            message = self.channel.prepare_message(
+                json.dumps(envelope, separators=(",", ":")).encode(), content_type="application/json",
+                content_encoding="utf-8", headers={ATTEMPT_HEADER: 1},
+                properties={"delivery_mode": 2, "message_id": envelope["id"]})
+            self.channel.basic_publish(message, exchange=topology.EXCHANGE, routing_key=envelope["type"],
+                                       mandatory=True)
+            self.published += 1
+            self.unconfirmed.add(self.published)
+        deadline = time.monotonic() + timeout_s
+        while self.unconfirmed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(self.unconfirmed)} publisher confirms did not arrive in {timeout_s}s")
+            self.conn.drain_events(timeout=remaining)
+        if self.failures:
+            raise RuntimeError("; ".join(self.failures))
+
+    def close(self) -> None:
+        try:
+            self.conn.release()
+        except Exception:
+            pass

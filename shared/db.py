@@ -102,6 +102,17 @@ def _insert_deferred(session: Session) -> None:
         session.execute(table.insert(), rows)
 
 
+def insert_ignoring_conflicts(table, key_columns, returning):
+    """``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING ...`` per dialect: the unique key,
+    not a look-up before the insert, decides what is already there. Returns a function of the
+    session's connection dialect name giving the statement (build once, use many times)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    statements = {name: fn(table).on_conflict_do_nothing(index_elements=key_columns).returning(*returning)
+                  for name, fn in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
+    return statements.__getitem__
+
+
 def after_commit(session: Session, callback) -> None:
     """Run ``callback`` once the write transaction commits (metrics, never money)."""
     session.info.setdefault("after_commit", []).append(callback)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import metrics
-from .db import Database, UtcDateTime
+from .db import Database, UtcDateTime, insert_ignoring_conflicts
 from .events import event_age_seconds, utcnow
 
 log = logging.getLogger("linkshop.inbox")
@@ -52,11 +52,11 @@ def inbox_table(metadata: MetaData) -> Table:
 
 
 class Consumer:
-    """Applies envelopes exactly once: each with its inbox row, in a savepoint of its own.
+    """Applies envelopes exactly once: each with its inbox row in the same transaction.
 
     A batch shares one transaction, so one commit (one fsync) serves many events; a failing
-    event is rolled back alone and handed back for retry, the others commit. The bus acks
-    only after the commit.
+    event is rolled back alone (in a second pass, a savepoint per event) and handed back for
+    retry, the others commit. The bus acks only after the commit.
     """
 
     def __init__(self, service: str, db: Database, inbox: Table, handlers: Handlers):
@@ -64,6 +64,7 @@ class Consumer:
         self.db = db
         self.inbox = inbox
         self.handlers = handlers
+        self._insert_new = insert_ignoring_conflicts(inbox, [inbox.c.event_id], [inbox.c.event_id])
 
     def handle(self, envelope: dict) -> str:
         result = self.handle_batch([envelope])[0]
@@ -72,7 +73,49 @@ class Consumer:
         return result
 
     def handle_batch(self, envelopes: list[dict]) -> list:
-        """One outcome per envelope: "processed", "duplicate", "ignored", or the exception."""
+        """One outcome per envelope: "processed", "duplicate", "ignored", or the exception.
+
+        First try the whole batch the cheap way: one INSERT of all inbox rows (the unique event
+        id sorts out duplicates), the handlers, one commit. Only if a handler fails is the
+        batch rolled back and applied again event by event, each in a savepoint."""
+        results = self._handle_optimistically(envelopes)
+        if results is None:
+            results = self._handle_isolated(envelopes)
+        for envelope, result in zip(envelopes, results):
+            self._count(envelope, result)
+        return results
+
+    def _handle_optimistically(self, envelopes: list[dict]) -> list | None:
+        results: list = ["ignored"] * len(envelopes)
+        first_of: dict[str, int] = {}
+        for i, envelope in enumerate(envelopes):
+            if self.handlers.get(envelope["type"]) is None:
+                continue
+            if envelope["id"] in first_of:
+                results[i] = "duplicate"
+            else:
+                first_of[envelope["id"]] = i
+        try:
+            with self.db.write() as session:
+                if first_of:
+                    now = utcnow()
+                    conn = session.connection()
+                    fresh = set(conn.execute(self._insert_new(conn.dialect.name), [
+                        {"event_id": envelopes[i]["id"], "type": envelopes[i]["type"], "received_at": now}
+                        for i in first_of.values()]).scalars())
+                    for event_id, i in first_of.items():
+                        if event_id not in fresh:
+                            results[i] = "duplicate"
+                            continue
+                        self.handlers.get(envelopes[i]["type"])(session, envelopes[i])
+                        results[i] = "processed"
+        except Exception as exc:
+            if len(first_of) == 1:  # nothing to isolate: this is the one that failed
+                return [exc if i in first_of.values() else r for i, r in enumerate(results)]
+            return None
+        return results
+
+    def _handle_isolated(self, envelopes: list[dict]) -> list:
         results: list = [None] * len(envelopes)
         try:
             with self.db.write() as session:
@@ -80,10 +123,8 @@ class Consumer:
                     results[i] = self._apply(session, envelope)
         except Exception as exc:  # the commit itself failed (a deadlock, the database went away)
             if len(envelopes) > 1:
-                return [self.handle_batch([envelope])[0] for envelope in envelopes]
+                return [self._handle_isolated([envelope])[0] for envelope in envelopes]
             results = [exc]
-        for envelope, result in zip(envelopes, results):
-            self._count(envelope, result)
         return results
 
     def _apply(self, session, envelope: dict):

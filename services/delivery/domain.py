@@ -12,14 +12,14 @@ import hmac
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.errors import ApiError
 from shared.auth import hash_secret
-from shared.db import after_commit, is_postgres
+from shared.db import after_commit, insert_ignoring_conflicts, is_postgres
 from shared.events import utcnow
 from shared.projection import merchant_for_token as projected_merchant_for_token
 from shared.projection import replace_key_hashes, upsert_newer
@@ -90,15 +90,23 @@ def import_keys(session: Session, vault: Vault, settings, product: Product, raw_
     return {"imported": len(rows), "duplicates": duplicates, "rejected": rejected}
 
 
+def _claim_statement(postgres: bool):
+    pool = KeyPool.__table__
+    candidates = select(pool.c.key_id).where(pool.c.product_id == bindparam("product_id")) \
+        .order_by(pool.c.key_id).limit(bindparam("count"))
+    if postgres:
+        candidates = candidates.with_for_update(skip_locked=True)
+    return delete(pool).where(pool.c.key_id.in_(candidates.scalar_subquery())).returning(pool.c.key_id)
+
+
+# Built once: a statement object reused is compiled once and its cache key is memoised.
+_CLAIM = {True: _claim_statement(True), False: _claim_statement(False)}
+
+
 def claim_keys(session: Session, product_id: str, count: int) -> list[int]:
     """Take up to ``count`` unsold keys out of the pool, oldest first; the caller checks the count."""
-    pool = KeyPool.__table__
-    candidates = select(pool.c.key_id).where(pool.c.product_id == product_id) \
-        .order_by(pool.c.key_id).limit(count)
-    if is_postgres(session):
-        candidates = candidates.with_for_update(skip_locked=True)
-    return list(session.scalars(delete(pool).where(pool.c.key_id.in_(candidates.scalar_subquery()))
-                                .returning(pool.c.key_id)))
+    return list(session.connection().execute(_CLAIM[is_postgres(session)],
+                                             {"product_id": product_id, "count": count}).scalars())
 
 
 def reusable_key_ids(session: Session, product_id: str) -> list[int]:
@@ -193,43 +201,63 @@ def check_query_password(password: str, stored: str | None) -> bool:
     return hmac.compare_digest(candidate.hex(), digest)
 
 
+_P, _M, _O, _OK = Product.__table__, Merchant.__table__, Order.__table__, OrderKey.__table__
+_TERMS = select(_P.c.merchant_id, _P.c.price_cents, _P.c.cost_cents, _P.c.currency, _P.c.status,
+                _P.c.max_per_order, _P.c.commission, _P.c.reusable_keys,
+                _M.c.status.label("merchant_status"), _M.c.fee_bps) \
+    .join_from(_P, _M, _M.c.id == _P.c.merchant_id).where(_P.c.id == bindparam("product_id"))
+_INSERT_ORDER = insert(_O)
+_INSERT_ORDER_KEYS = insert(_OK)
+
+
 def create_order(session: Session, settings, data: dict, client: dict, provider: str,
                  now: datetime) -> tuple[Order, str]:
-    row = session.execute(select(Product, Merchant).join(Merchant, Merchant.id == Product.merchant_id)
-                          .where(Product.id == data["product_id"])).first()
-    product, merchant = row if row is not None else (None, None)
-    if product is None or product.status != "active" or merchant.status != "active":
+    """The hottest write path, so it speaks Core, not the ORM: four statements and a commit.
+    The returned ``Order`` is a detached snapshot of the row, for the response."""
+    conn = session.connection()
+    terms = conn.execute(_TERMS, {"product_id": data["product_id"]}).first()
+    if terms is None or terms.status != "active" or terms.merchant_status != "active":
         raise ApiError(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
     quantity = data["quantity"]
-    if quantity > product.max_per_order:
-        raise ApiError(422, "invalid", f"at most {product.max_per_order} per order",
-                      {"quantity": [f"must be at most {product.max_per_order}"]})
+    if quantity > terms.max_per_order:
+        raise ApiError(422, "invalid", f"at most {terms.max_per_order} per order",
+                      {"quantity": [f"must be at most {terms.max_per_order}"]})
     token = secrets.token_urlsafe(24)
-    order = Order(
-        order_no=new_order_no(now), product_id=product.id, merchant_id=product.merchant_id,
-        quantity=quantity, unit_price_cents=product.price_cents,
-        amount_cents=product.price_cents * quantity, cost_cents=product.cost_cents * quantity,
-        currency=product.currency, fee_bps=merchant.fee_bps, commission=product.commission,
+    values = dict(
+        order_no=new_order_no(now), product_id=data["product_id"], merchant_id=terms.merchant_id,
+        quantity=quantity, unit_price_cents=terms.price_cents,
+        amount_cents=terms.price_cents * quantity, cost_cents=terms.cost_cents * quantity,
+        currency=terms.currency, fee_bps=terms.fee_bps,
+        commission=terms.commission or {"levels_bps": [], "cap_bps": None},
         email=data["email"].strip().lower(), status="pending",
         provider=provider, access_token_hash=hash_secret(token),
         query_password_hash=data.get("query_password_hash"),
         ref_code=data.get("ref_code"), buyer_user_id=data.get("buyer_user_id"),
         client_ip=client.get("ip"), device_id=data.get("device_id"), user_agent=client.get("user_agent"),
-        refunded_quantity=0, refunded_cents=0, created_at=now,
-        expires_at=now + timedelta(seconds=settings.reservation_seconds))
-    session.add(order)
-    session.flush()
-    if not _allocate(session, order, list(range(quantity))):
+        risk_decision=None, refunded_quantity=0, refunded_cents=0, created_at=now,
+        expires_at=now + timedelta(seconds=settings.reservation_seconds), paid_at=None, delivered_at=None)
+    conn.execute(_INSERT_ORDER, values)
+    order_no = values["order_no"]
+    if terms.reusable_keys:
+        reusable = reusable_key_ids(session, data["product_id"])
+        rows = [{"order_no": order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
+                 "reusable": True, "active": True} for pos in range(quantity)] if reusable else []
+    else:
+        ids = claim_keys(session, data["product_id"], quantity)
+        rows = [{"order_no": order_no, "position": pos, "key_id": key_id, "reusable": False, "active": True}
+                for pos, key_id in enumerate(ids)]
+    if len(rows) < quantity:
         raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
+    conn.execute(_INSERT_ORDER_KEYS, rows)
     outbox.add(session, "delivery.order.created", {
-        "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
-        "quantity": quantity, "amount_cents": order.amount_cents, "currency": order.currency,
-        "email": order.email, "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
-        "client": {"ip": order.client_ip, "device_id": order.device_id, "user_agent": order.user_agent},
+        "order_no": order_no, "product_id": values["product_id"], "merchant_id": values["merchant_id"],
+        "quantity": quantity, "amount_cents": values["amount_cents"], "currency": values["currency"],
+        "email": values["email"], "buyer_user_id": values["buyer_user_id"], "ref_code": values["ref_code"],
+        "client": {"ip": values["client_ip"], "device_id": values["device_id"], "user_agent": values["user_agent"]},
         "created_at": now.isoformat(),
-    }, order.order_no)
+    }, order_no)
     after_commit(session, lambda: metrics.orders.labels("pending").inc())
-    return order, token
+    return Order(**values), token
 
 
 def expire_reservations(session: Session, now: datetime, limit: int = 500) -> int:
@@ -260,9 +288,22 @@ def _reject_callback(provider: str, reason: str, status: int, code: str, message
     return ApiError(status, code, message)
 
 
+_Pay = Payment.__table__
+# SQLite compiles FOR UPDATE away: it has one writer anyway (BEGIN IMMEDIATE).
+_ORDER_LOCKED = select(_O).where(_O.c.order_no == bindparam("order_no")).with_for_update()
+# The unique (provider, txn_id) decides what is a replay, not a look-up before the insert.
+_RECORD_PAYMENT = insert_ignoring_conflicts(_Pay, [_Pay.c.provider, _Pay.c.txn_id], [_Pay.c.id])
+_SET_ORDER_PAID = update(_O).where(_O.c.order_no == bindparam("key")) \
+    .values(status=bindparam("status"), paid_at=bindparam("paid_at"), delivered_at=bindparam("delivered_at"))
+
+
 def apply_payment(session: Session, settings, provider: str, notice, now: datetime) -> str:
-    """Apply a verified payment notice under a lock on the order row; returns the outcome."""
-    order = session.scalar(select(Order).where(Order.order_no == notice.order_no).with_for_update())
+    """Apply a verified payment notice under a lock on the order row; returns the outcome.
+
+    The common case (a pending order whose keys are all reserved) runs in Core: lock, record
+    the payment, one UPDATE, the outbox rows. Anything else goes through the ORM path."""
+    conn = session.connection()
+    order = conn.execute(_ORDER_LOCKED, {"order_no": notice.order_no}).first()
     if order is None:
         raise _reject_callback(provider, "unknown_order", 404, "not_found", "order not found")
     if order.provider != provider:
@@ -270,30 +311,40 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
                                "the order was not created for this provider")
     if notice.status != "paid":
         return "ignored"
-    if session.scalar(select(Payment.id).where(Payment.provider == provider, Payment.txn_id == notice.txn_id)):
+    payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
+    recorded = conn.execute(_RECORD_PAYMENT(conn.dialect.name), {
+        "provider": provider, "txn_id": notice.txn_id, "order_no": order.order_no,
+        "amount_cents": notice.amount_cents, "currency": notice.currency,
+        "status": "applied" if payable else "duplicate", "received_at": now}).first()
+    if recorded is None:
         metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
         return "replay"
     if notice.amount_cents != order.amount_cents or notice.currency != order.currency:
         raise _reject_callback(provider, "amount_mismatch", 422, "amount_mismatch",
-                               "amount or currency does not match the order")
-    payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
-    session.add(Payment(provider=provider, txn_id=notice.txn_id, order_no=order.order_no,
-                        amount_cents=notice.amount_cents, currency=notice.currency,
-                        status="applied" if payable else "duplicate", received_at=now))
+                               "amount or currency does not match the order")  # the rollback drops the payment
     if not payable:
         # A second payment of a paid order: recorded for the merchant to refund, never delivered again.
         metrics.payment_callbacks_rejected.labels(provider, "duplicate_payment").inc()
         return "duplicate_payment"
-    order.status, order.paid_at = "paid", now
     outbox.add(session, "delivery.order.paid", {
         "order_no": order.order_no, "amount_cents": order.amount_cents, "currency": order.currency,
         "provider": provider, "provider_txn_id": notice.txn_id, "paid_at": now.isoformat(),
         "payer_account": getattr(notice, "payer_account", None),
     }, order.order_no)
     after_commit(session, lambda: metrics.orders.labels("paid").inc())
-    with session.no_autoflush:  # the payment and both status changes go out in one flush at commit
-        fulfil(session, settings, order, now)
-    return order.status
+    gate = risk_gate(order, settings)
+    if order.status == "pending" and gate != "reject":
+        # A pending order holds all its keys: selling them is just the status change.
+        delivered_at = utcnow() if gate == "approve" else None
+        conn.execute(_SET_ORDER_PAID, {"key": order.order_no, "status": "delivered" if delivered_at else "paid",
+                                       "paid_at": now, "delivered_at": delivered_at})
+        if delivered_at is not None:
+            _announce_delivery(session, order, now, delivered_at)
+        return "delivered" if delivered_at else "paid"
+    orm_order = session.get(Order, order.order_no)
+    orm_order.status, orm_order.paid_at = "paid", now
+    fulfil(session, settings, orm_order, now)
+    return orm_order.status
 
 
 def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
@@ -316,14 +367,19 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
         return
     delivered_at = utcnow()  # not `now`: that may be when the payment notice arrived
     order.status, order.delivered_at = "delivered", delivered_at
+    _announce_delivery(session, order, order.paid_at, delivered_at)
+
+
+def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at: datetime) -> None:
+    """``order``: the ORM object or a row of the orders table, read alike."""
     outbox.add(session, "delivery.order.delivered", {
         "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
         "quantity": order.quantity, "amount_cents": order.amount_cents, "cost_cents": order.cost_cents,
         "currency": order.currency, "fee_bps": order.fee_bps, "commission": order.commission,
         "provider": order.provider, "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
-        "email": order.email, "paid_at": order.paid_at.isoformat(), "delivered_at": delivered_at.isoformat(),
+        "email": order.email, "paid_at": paid_at.isoformat(), "delivered_at": delivered_at.isoformat(),
     }, order.order_no)
-    paid_at, amount, currency = order.paid_at, order.amount_cents, order.currency
+    amount, currency = order.amount_cents, order.currency
 
     def observe():  # from the payment notice's arrival to the commit that delivered the keys
         metrics.orders.labels("delivered").inc()

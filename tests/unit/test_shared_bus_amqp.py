@@ -10,18 +10,49 @@ from shared.config import load_settings
 from shared.events import make_envelope
 
 
+class FakeChannel:
+    """Settles deliveries like RabbitMQ: ``multiple`` acks every unsettled tag up to the one given."""
+
+    def __init__(self):
+        self.deliveries = []
+        self.acks = []
+
+    def basic_ack(self, tag, multiple=False):
+        self.acks.append((tag, multiple))
+        for message in self.deliveries:
+            if message.delivery_tag == tag or (multiple and message.delivery_tag < tag):
+                assert not message.settled, f"tag {message.delivery_tag} settled twice"
+                message.acked = True
+
+
 class FakeMessage:
-    def __init__(self, body, headers=None):
+
+    def __init__(self, body, headers=None, channel=None):
         self.body = body
         self.headers = headers
         self.acked = self.rejected = False
         self.requeue = None
+        self.channel = channel or FakeMessage.shared
+        self.channel.deliveries.append(self)
+        self.delivery_tag = len(self.channel.deliveries)
+
+    @property
+    def settled(self):
+        return self.acked or self.rejected
 
     def ack(self):
+        assert not self.settled
         self.acked = True
 
     def reject(self, requeue=False):
+        assert not self.settled
         self.rejected, self.requeue = True, requeue
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel():
+    FakeMessage.shared = FakeChannel()
+    yield FakeMessage.shared
 
 
 class FakeProducer:
@@ -119,3 +150,20 @@ def test_a_batch_acks_what_committed_and_retries_only_what_failed(bus):
     assert producer.sent[0][1]["routing_key"] == "payout.retry.100"
     assert messages[2].rejected and not messages[2].acked
     assert len(consumer.seen) == 2
+
+
+def test_a_healthy_batch_is_acked_with_one_multiple_ack(bus, fresh_channel):
+    messages = [FakeMessage(body()) for _ in range(5)]
+    bus._on_messages("payout", FakeConsumer(), FakeProducer(), messages)
+    assert all(m.acked for m in messages)
+    assert fresh_channel.acks == [(5, True)]
+
+
+def test_the_batch_ack_never_settles_a_failed_message_twice(bus, fresh_channel):
+    bodies = [body() for _ in range(4)]
+    failing = {json.loads(bodies[3])["id"]}  # the last one fails: the batch ack stops before it
+    messages = [FakeMessage(b) for b in bodies]
+    producer = FakeProducer()
+    bus._on_messages("payout", FakeConsumer(fail=failing), producer, messages)
+    assert all(m.acked for m in messages) and len(producer.sent) == 1
+    assert fresh_channel.acks == [(3, True)]

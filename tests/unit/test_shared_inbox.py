@@ -225,3 +225,25 @@ def test_batch_isolates_a_failing_event_and_its_queued_writes(tmp_path):
         assert s.scalar(select(func.count()).select_from(outbox.table)) == 2
     assert Consumer("test", db, inbox, handlers).handle_batch([events[1]])[0].args == ("boom",)
     db.dispose()
+
+
+def test_a_healthy_batch_runs_each_fresh_event_once_in_one_pass(kit):
+    """The cheap pass: one INSERT for the inbox rows sorts out events seen before and copies
+    within the batch; no handler runs twice."""
+    record_effect(kit)
+    seen_before = event(value=1)
+    assert kit.consumer.handle(seen_before) == "processed"
+    fresh = [event(value=n) for n in (2, 3)]
+    results = kit.consumer.handle_batch([seen_before, fresh[0], fresh[0], fresh[1]])
+    assert results == ["duplicate", "processed", "duplicate", "processed"]
+    assert kit.calls == 3 and kit.effect_count() == 3
+    assert kit.inbox_ids() == {seen_before["id"], fresh[0]["id"], fresh[1]["id"]}
+
+
+def test_a_failure_in_the_cheap_pass_leaves_only_the_failing_event_undone(kit):
+    record_effect(kit, fail_first=2)  # fails in the cheap pass and again in its own savepoint
+    batch = [event(value=n) for n in (1, 2, 3)]
+    results = kit.consumer.handle_batch(batch)
+    assert isinstance(results[0], RuntimeError)
+    assert results[1:] == ["processed", "processed"]
+    assert kit.effect_count() == 2 and kit.inbox_ids() == {batch[1]["id"], batch[2]["id"]}
