@@ -10,13 +10,14 @@ from shared.web import ctx
 
 from . import domain
 from .models import Merchant, Product
-from .schemas import MerchantCreateSchema, PageSchema, ProductCreateSchema, ProductPatchSchema
+from .schemas import MerchantCreateSchema, MerchantPatchSchema, PageSchema, ProductCreateSchema, ProductPatchSchema
 
 bp = Blueprint("catalog", __name__, url_prefix="/catalog/v1")
 
 
 def merchant_view(m: Merchant) -> dict:
-    return {"id": m.id, "name": m.name, "email": m.email, "status": m.status, "fee_bps": m.fee_bps}
+    return {"id": m.id, "name": m.name, "email": m.email, "status": m.status, "fee_bps": m.fee_bps,
+            "binding": domain.binding_of(m)}
 
 
 def product_view(p: Product) -> dict:
@@ -51,6 +52,42 @@ def create_merchant():
         merchant, api_key = domain.create_merchant(s, data["name"], data["email"], data["fee_bps"])
         body = {**merchant_view(merchant), "api_key": api_key}
     return jsonify(body), 201
+
+
+@bp.get("/merchants/me")
+def get_own_merchant():
+    """The merchant the API key belongs to."""
+    with ctx().db.read() as s:
+        return jsonify(merchant_view(current_merchant(s)))
+
+
+@bp.patch("/merchants/me")
+@documented(body=MerchantPatchSchema)
+def patch_own_merchant():
+    """A merchant changes its own settings: today the referral binding rule of its shop."""
+    with ctx().db.write() as s:
+        merchant_id = current_merchant(s).id
+        return _patch_merchant(s, merchant_id)
+
+
+@bp.patch("/merchants/<merchant_id>")
+@documented(body=MerchantPatchSchema)
+def patch_merchant(merchant_id):
+    """The operator, or the merchant itself, changes a merchant's settings."""
+    c = ctx()
+    with c.db.write() as s:
+        if not is_admin(c.settings.admin_token) and current_merchant(s).id != merchant_id:
+            raise not_found("merchant")
+        return _patch_merchant(s, merchant_id)
+
+
+def _patch_merchant(s, merchant_id: str):
+    changes = load_json(MerchantPatchSchema())
+    merchant = s.get(Merchant, merchant_id, with_for_update=True, populate_existing=True)
+    if merchant is None:
+        raise not_found("merchant")
+    domain.update_merchant(s, merchant, changes)
+    return jsonify(merchant_view(merchant))
 
 
 @bp.get("/merchants/<merchant_id>")

@@ -16,17 +16,23 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
+def binding_of(merchant: Merchant) -> dict:
+    return {"mode": merchant.binding_mode, "lock_days": merchant.binding_lock_days}
+
+
 def merchant_payload(session: Session, merchant: Merchant) -> dict:
     hashes = session.scalars(select(MerchantApiKey.key_hash).where(
         MerchantApiKey.merchant_id == merchant.id, MerchantApiKey.revoked_at.is_(None))).all()
     return {"merchant_id": merchant.id, "name": merchant.name, "status": merchant.status,
-            "fee_bps": merchant.fee_bps, "api_key_hashes": sorted(hashes), "version": merchant.version}
+            "fee_bps": merchant.fee_bps, "api_key_hashes": sorted(hashes), "binding": binding_of(merchant),
+            "version": merchant.version}
 
 
 def create_merchant(session: Session, name: str, email: str, fee_bps: int) -> tuple[Merchant, str]:
     now = utcnow()
     merchant = Merchant(id=new_id("mer"), name=name, email=email.lower(), fee_bps=fee_bps,
-                        status="active", version=1, created_at=now)
+                        status="active", binding_mode="permanent", binding_lock_days=None, version=1,
+                        created_at=now)
     api_key = new_api_key()
     session.add(merchant)
     session.add(MerchantApiKey(key_hash=hash_secret(api_key), merchant_id=merchant.id, created_at=now))
@@ -47,6 +53,19 @@ def rotate_api_key(session: Session, merchant: Merchant) -> str:
     session.flush()
     outbox.add(session, "catalog.merchant.upserted", merchant_payload(session, merchant), merchant.id)
     return api_key
+
+
+def update_merchant(session: Session, merchant: Merchant, changes: dict) -> Merchant:
+    """Referral applies the new binding rule to the bindings already made in this shop too
+    (their locks measured from when each was made), so it is announced like any change."""
+    binding = changes.get("binding")
+    if binding is None or binding == binding_of(merchant):
+        return merchant  # no new version: every version is an event each projection applies
+    merchant.binding_mode, merchant.binding_lock_days = binding["mode"], binding["lock_days"]
+    merchant.version += 1
+    session.flush()
+    outbox.add(session, "catalog.merchant.upserted", merchant_payload(session, merchant), merchant.id)
+    return merchant
 
 
 def merchant_for_key(session: Session, api_key: str) -> Merchant | None:

@@ -27,6 +27,10 @@ class Merchant(Base):
     email: Mapped[str] = mapped_column(String(254))
     status: Mapped[str] = mapped_column(String(20), default="active")
     fee_bps: Mapped[int] = mapped_column(Integer, default=200)
+    # How long a referral binding made through this shop's invite links holds (design §6):
+    # "permanent", or "lock" for binding_lock_days, after which a new invite may rebind.
+    binding_mode: Mapped[str] = mapped_column(String(16), default="permanent", server_default="permanent")
+    binding_lock_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 

@@ -9,6 +9,24 @@ class MerchantCreateSchema(Schema):
     fee_bps = fields.Int(load_default=200, validate=validate.Range(min=0, max=10000))
 
 
+class BindingSchema(Schema):
+    """How long a referral binding made in the merchant's shop holds."""
+    mode = fields.Str(required=True, validate=validate.OneOf(["permanent", "lock"]))
+    lock_days = fields.Int(load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1, max=3650))
+
+    @validates_schema
+    def _lock_days(self, data, **_):
+        if data["mode"] == "lock" and data["lock_days"] is None:
+            raise ValidationError("required when mode is lock", "lock_days")
+        if data["mode"] == "permanent" and data["lock_days"] is not None:
+            raise ValidationError("only with mode lock: a permanent binding has no period", "lock_days")
+
+
+class MerchantPatchSchema(Schema):
+    """Only what is sent changes."""
+    binding = fields.Nested(BindingSchema)
+
+
 class CommissionSchema(Schema):
     levels_bps = fields.List(fields.Int(validate=validate.Range(min=0, max=10000)), required=True,
                              validate=validate.Length(min=0, max=3))

@@ -9,7 +9,7 @@ from shared.events import utcnow
 from shared.openapi import documented
 from shared.web import ctx
 
-from . import domain
+from . import binding, domain
 from .models import Attribution, CommissionLine, User
 from .schemas import (BindingRuleSchema, BindSchema, DecisionSchema, ExplainQuerySchema, PageSchema,
                       RegisterSchema, TeamQuerySchema)
@@ -32,9 +32,14 @@ def _caller_may_see(user_id: str) -> None:
         raise ApiError(403, "forbidden", "you can only see your own data")
 
 
-def _user_view(user: User) -> dict:
+def _user_view(session, user: User) -> dict:
+    """``locked_until`` is set only while a lock period runs: a permanent binding has no end
+    (``binding_mode`` says which)."""
+    mode, until = binding.lock_of(session, user)
     return {"user_id": user.id, "invite_code": user.invite_code, "parent_id": user.parent_id,
             "level_in_network": user.depth, "bound_at": user.bound_at.isoformat() if user.bound_at else None,
+            "bound_merchant_id": user.bound_merchant_id, "binding_mode": mode,
+            "locked_until": until.isoformat() if until and until > utcnow() else None,
             "created_at": user.created_at.isoformat()}
 
 
@@ -45,8 +50,8 @@ def register():
     data = load_json(RegisterSchema())
     client = {"ip": request.remote_addr, "device_id": data["device_id"]}
     with c.db.write() as s:
-        user = domain.register(s, data["email"], data["invite_code"], client, utcnow())
-        body = {**_user_view(user), "token": issue_user_token(c.settings.token_secret, user.id)}
+        user = binding.register(s, data["email"], data["invite_code"], client, utcnow(), data["merchant_id"])
+        body = {**_user_view(s, user), "token": issue_user_token(c.settings.token_secret, user.id)}
     return jsonify(body), 201
 
 
@@ -57,7 +62,7 @@ def get_user(user_id):
         user = s.get(User, user_id)
         if user is None:
             raise not_found("user")
-        return jsonify(_user_view(user))
+        return jsonify(_user_view(s, user))
 
 
 @bp.post("/users/<user_id>/bind")
@@ -69,25 +74,27 @@ def bind(user_id):
         user = s.get(User, user_id, with_for_update=True)
         if user is None:
             raise not_found("user")
-        domain.bind(s, user, data["invite_code"], utcnow())
-        return jsonify(_user_view(user))
+        binding.bind(s, user, data["invite_code"], utcnow(), data["merchant_id"])
+        return jsonify(_user_view(s, user))
 
 
 @bp.put("/settings/binding")
 @documented(body=BindingRuleSchema)
 def set_binding():
+    """The operator's default rule, for bindings made outside any merchant's shop (a shop's own
+    rule is the merchant's, set in catalog)."""
     c = ctx()
     require_admin(c.settings.admin_token)
     data = load_json(BindingRuleSchema())
     with c.db.write() as s:
-        domain.set_binding_rule(s, data["mode"], data["lock_days"])
+        binding.set_binding_rule(s, data["mode"], data["lock_days"])
     return jsonify(data)
 
 
 @bp.get("/settings/binding")
 def get_binding():
     with ctx().db.read() as s:
-        return jsonify(domain.binding_rule(s))
+        return jsonify(binding.binding_rule(s))
 
 
 @bp.get("/users/<user_id>/team")
@@ -103,7 +110,7 @@ def team(user_id):
         parent = user
         if args["parent"]:  # drill down the tree, but only inside one's own team
             parent = s.get(User, args["parent"])
-            if parent is None or (parent.id != user.id and user.id not in domain.ancestors(parent)):
+            if parent is None or (parent.id != user.id and user.id not in binding.ancestors(parent)):
                 raise not_found("team member")
         body["tree"] = domain.team_page(s, parent, args["page"], args["per_page"])
         return jsonify(body)

@@ -1,4 +1,5 @@
-"""Referral rules, free of Flask: binding, attribution, commission lines and their story.
+"""Referral rules, free of Flask: attribution, commission lines and their story (the
+referral graph itself is binding.py).
 
 Every commission line is frozen when it accrues (rate, level, amount); refunds reverse it
 pro rata at those frozen figures, and the attribution row keeps the chain that was used,
@@ -6,109 +7,21 @@ so "why did (or didn't) I get paid?" has the same answer forever.
 """
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, literal, select, text, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.errors import ApiError
-from shared.identity import email_hash, normalise_email
-from shared.db import after_commit, is_postgres
+from shared.db import after_commit
 from shared.inbox import NotReady
 from shared.projection import upsert_newer
 
-from .models import Attribution, CommissionLine, Merchant, Product, Setting, User, outbox
+from .binding import ancestors, user_by_code
+from .models import Attribution, CommissionLine, Merchant, Product, User, outbox
 
 MAX_LEVELS = 3
-INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes are read aloud
-
-
-def new_invite_code() -> str:
-    return "".join(secrets.choice(INVITE_ALPHABET) for _ in range(8))
-
-
-def ancestors(user: User) -> list[str]:
-    """The upline, nearest first, read from the user's own row: O(levels), no graph walk."""
-    return [uid for uid in reversed(user.path.strip("/").split("/")) if uid]
-
-
-def user_by_code(session: Session, code: str) -> User | None:
-    return session.scalar(select(User).where(User.invite_code == code.strip().upper()))
-
-
-# -- binding ---------------------------------------------------------------------------------
-
-def binding_rule(session: Session) -> dict:
-    rows = dict(session.execute(select(Setting.name, Setting.value)).all())
-    return {"mode": rows.get("binding_mode", "permanent"), "lock_days": int(rows.get("binding_lock_days", 0))}
-
-
-def set_binding_rule(session: Session, mode: str, lock_days: int) -> None:
-    for name, value in (("binding_mode", mode), ("binding_lock_days", str(lock_days))):
-        row = session.get(Setting, name)
-        if row is None:
-            session.add(Setting(name=name, value=value))
-        else:
-            row.value = value
-
-
-def register(session: Session, email: str, invite_code: str | None, client: dict, now: datetime) -> User:
-    normalised = normalise_email(email)
-    if session.scalar(select(User.id).where(User.email == normalised)):
-        raise ApiError(409, "already_registered", "this email is already registered")
-    parent = None
-    if invite_code:
-        parent = user_by_code(session, invite_code)
-        if parent is None:
-            raise ApiError(422, "unknown_invite_code", "no user has this invite code",
-                          {"invite_code": ["unknown invite code"]})
-    user = User(id=f"usr_{secrets.token_hex(8)}", email=normalised, email_hash=email_hash(normalised),
-                invite_code=new_invite_code(), parent_id=parent.id if parent else None,
-                path=f"{parent.path}{parent.id}/" if parent else "/", depth=parent.depth + 1 if parent else 0,
-                bound_at=now if parent else None, client_ip=client.get("ip"), device_id=client.get("device_id"),
-                created_at=now)
-    session.add(user)
-    session.flush()
-    outbox.add(session, "referral.user.registered", {
-        "user_id": user.id, "parent_id": user.parent_id, "ancestors": ancestors(user),
-        "email_hash": user.email_hash, "client": {"ip": user.client_ip, "device_id": user.device_id},
-        "registered_at": now.isoformat()}, user.id)
-    return user
-
-
-def bind(session: Session, user: User, invite_code: str, now: datetime) -> User:
-    """Bind (or, once the lock period is over, rebind) a user under an invite code's owner."""
-    if is_postgres(session):  # rebinds are rare; one at a time rules out two moves making a cycle
-        session.execute(text("SELECT pg_advisory_xact_lock(731001)"))
-    parent = user_by_code(session, invite_code)
-    if parent is None:
-        raise ApiError(422, "unknown_invite_code", "no user has this invite code", {"invite_code": ["unknown"]})
-    if parent.id == user.id:
-        raise ApiError(422, "self_invite", "a user cannot invite themselves", {"invite_code": ["your own code"]})
-    if parent.id == user.parent_id:
-        return user
-    if user.parent_id is not None:
-        rule = binding_rule(session)
-        if rule["mode"] != "lock" or now < user.bound_at + timedelta(days=rule["lock_days"]):
-            raise ApiError(409, "binding_locked", "this user is already bound to an inviter")
-    if user.id in ancestors(parent):  # the whole chain, not one hop
-        raise ApiError(422, "would_create_cycle", "the inviter is in this user's own team",
-                      {"invite_code": ["would create a cycle"]})
-    old_prefix = f"{user.path}{user.id}/"
-    new_path = f"{parent.path}{parent.id}/"
-    new_prefix = f"{new_path}{user.id}/"
-    shift = parent.depth + 1 - user.depth
-    session.execute(update(User).where(User.path.startswith(old_prefix, autoescape=True)).values(
-        path=literal(new_prefix) + func.substr(User.path, len(old_prefix) + 1), depth=User.depth + shift),
-        execution_options={"synchronize_session": False})
-    user.parent_id, user.path, user.depth, user.bound_at = parent.id, new_path, parent.depth + 1, now
-    session.flush()
-    outbox.add(session, "referral.user.bound", {
-        "user_id": user.id, "parent_id": parent.id, "ancestors": ancestors(user), "bound_at": now.isoformat()},
-        user.id)
-    return user
 
 
 # -- projections -----------------------------------------------------------------------------
@@ -120,7 +33,9 @@ def upsert_product(session: Session, p: dict) -> None:
 
 
 def upsert_merchant(session: Session, p: dict) -> None:
-    upsert_newer(session, Merchant, p["merchant_id"], p["version"], fee_bps=p.get("fee_bps", 200))
+    binding = p.get("binding") or {}  # absent from events written before merchants chose a rule
+    upsert_newer(session, Merchant, p["merchant_id"], p["version"], fee_bps=p.get("fee_bps", 200),
+                 binding_mode=binding.get("mode") or "permanent", binding_lock_days=binding.get("lock_days"))
 
 
 # -- commission ------------------------------------------------------------------------------

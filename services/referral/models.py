@@ -34,13 +34,17 @@ class User(Base):
     path: Mapped[str] = mapped_column(Text, default="/")
     depth: Mapped[int] = mapped_column(Integer, default=0)
     bound_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # The shop whose invite link made the current binding: its rule decides when a rebind may
+    # happen (none: the operator's default).
+    bound_merchant_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
     device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Setting(Base):
-    """Operator settings that change without a redeploy (binding mode)."""
+    """Operator settings that change without a redeploy (the binding rule for bindings made
+    outside any merchant's shop)."""
     __tablename__ = "settings"
     name: Mapped[str] = mapped_column(String(60), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
@@ -58,10 +62,13 @@ class Product(Base):
 
 
 class Merchant(Base):
-    """Projection of catalog's merchant: the platform fee that bounds the margin."""
+    """Projection of catalog's merchant: the platform fee that bounds the margin, and the
+    binding rule of its shop (permanent, or lock for ``binding_lock_days``)."""
     __tablename__ = "merchants"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     fee_bps: Mapped[int] = mapped_column(Integer)
+    binding_mode: Mapped[str] = mapped_column(String(16), default="permanent", server_default="permanent")
+    binding_lock_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     version: Mapped[int] = mapped_column(Integer)
 
 

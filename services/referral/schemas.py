@@ -5,13 +5,16 @@ class RegisterSchema(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=254))
     invite_code = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=4, max=16))
     device_id = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+    merchant_id = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=40))
 
 
 class BindSchema(Schema):
     invite_code = fields.Str(required=True, validate=validate.Length(min=4, max=16))
+    merchant_id = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=40))
 
 
 class BindingRuleSchema(Schema):
+    """The operator's default, for bindings made outside any merchant's shop."""
     mode = fields.Str(required=True, validate=validate.OneOf(["permanent", "lock"]))
     lock_days = fields.Int(load_default=0, strict=True, validate=validate.Range(min=0, max=3650))
 

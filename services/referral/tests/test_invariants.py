@@ -6,7 +6,7 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import select
 
-from services.referral import domain
+from services.referral import binding
 from services.referral.app import open_database
 from services.referral.events import handlers
 from services.referral.models import Attribution, CommissionLine, inbox
@@ -35,7 +35,7 @@ def _world(tmp_path, parents):
     with db.write() as s:
         for i, parent in enumerate(parents):
             code = users[parent].invite_code if parent is not None and parent < len(users) else None
-            users.append(domain.register(s, f"u{i}@example.com", code, {}, utcnow()))
+            users.append(binding.register(s, f"u{i}@example.com", code, {}, utcnow()))
     return db, [u.id for u in users], [u.invite_code for u in users]
 
 
