@@ -282,7 +282,6 @@ class Stack:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.prom_dir(svc, kind))
         env.setdefault("LINKSHOP_PUBLIC_URL", self.url(svc))
         env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("GUNICORN_ACCESS_LOG", "1")  # on this machine the access log helps; it never has a query string
         if kind == "worker":
             env["WORKER_PORT"] = str(self.ports[svc][1])
         else:

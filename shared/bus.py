@@ -278,8 +278,8 @@ class _ConfirmingChannel:
     """A channel in confirm mode that publishes a batch and then waits for every confirm.
 
     Delivery tags count the messages published on the channel from 1; the broker acks (or
-    nacks) them, singly or ``multiple`` up to a tag. A nack, a ``mandatory`` return (no queue
-    bound) or a timeout fails the batch.
+    nacks) them, singly or ``multiple`` up to a tag. A nack or a timeout fails the batch; a
+    ``mandatory`` return (no queue bound to the type) is logged and counted.
     """
 
     def __init__(self, conn, bus: AmqpBus):
@@ -308,8 +308,9 @@ class _ConfirmingChannel:
         self._settle(tag, multiple)
 
     def _on_return(self, exc, exchange, routing_key, message):
+        # No queue is bound to this type: nobody consumes it, so sending it again would only
+        # block every later event behind it. It is logged and counted, not retried.
         self.bus._on_return(routing_key)
-        self.failures.append(f"{routing_key} was unroutable")
 
     def publish_confirmed(self, envelopes: list[dict], timeout_s: float) -> None:
         self.failures.clear()

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from datetime import timezone
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event, text
+from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,26 +91,68 @@ def _configure_sqlite(engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+_multi_row_inserts: dict = {}
+
+
 def defer_insert(session: Session, table, row: dict) -> None:
     """Insert ``row`` just before the transaction commits, together with the others for the
-    same table: one statement for all of a transaction's outbox events."""
+    same table: one statement for all of a transaction's outbox events. Every row deferred
+    for a table has the same keys."""
     session.info.setdefault("deferred_inserts", {}).setdefault(table, []).append(row)
 
 
 def _insert_deferred(session: Session) -> None:
-    for table, rows in session.info.pop("deferred_inserts", {}).items():
-        session.execute(table.insert(), rows)
+    deferred = session.info.pop("deferred_inserts", None)
+    if deferred:
+        conn = session.connection()  # Core, not Session.execute: no ORM work for plain rows
+        for table, rows in deferred.items():
+            writer = _multi_row_inserts.get(table)
+            if writer is None:
+                writer = _multi_row_inserts[table] = MultiRowInsert(table, list(rows[0]))
+            writer.execute(conn, rows)
 
 
-def insert_ignoring_conflicts(table, key_columns, returning):
-    """``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING ...`` per dialect: the unique key,
-    not a look-up before the insert, decides what is already there. Returns a function of the
-    session's connection dialect name giving the statement (build once, use many times)."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-    statements = {name: fn(table).on_conflict_do_nothing(index_elements=key_columns).returning(*returning)
-                  for name, fn in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
-    return statements.__getitem__
+class MultiRowInsert:
+    """``INSERT INTO t (...) VALUES (...), (...)`` as text built once per row count.
+
+    SQLAlchemy gives a multi-row ``insert().values([...])`` no cache key, so it would be
+    compiled again on every call; and psycopg's pipelined ``executemany`` costs more than
+    one statement for the handful of rows a transaction writes."""
+
+    suffix = ""
+
+    def __init__(self, table, columns: list[str], returning: list[str] | None = None):
+        self.table, self.columns, self.returning = table, columns, returning or []
+        self._by_rows: dict[int, object] = {}
+
+    def statement(self, rows: int):
+        stmt = self._by_rows.get(rows)
+        if stmt is None:
+            values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in self.columns) + ")" for i in range(rows))
+            sql = f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES {values}{self.suffix}"
+            if self.returning:
+                sql += f" RETURNING {', '.join(self.returning)}"
+            stmt = text(sql).bindparams(*[bindparam(f"{c}_{i}", type_=self.table.c[c].type)
+                                          for i in range(rows) for c in self.columns])
+            if self.returning:
+                stmt = stmt.columns(*[self.table.c[c] for c in self.returning])
+            self._by_rows[rows] = stmt
+        return stmt
+
+    def execute(self, conn, rows: list[dict]):
+        params = {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in self.columns}
+        return conn.execute(self.statement(len(rows)), params)
+
+
+class InsertIgnoringConflicts(MultiRowInsert):
+    """``... ON CONFLICT (key) DO NOTHING RETURNING ...``, the same text on PostgreSQL and
+    SQLite: the unique key, not a look-up before the insert, decides what is already there.
+    ``execute`` returns the rows that were new. (SQLAlchemy's dialect ``on_conflict_do_nothing``
+    constructs have no cache key either.)"""
+
+    def __init__(self, table, columns: list[str], key: list[str], returning: list[str]):
+        super().__init__(table, columns, returning)
+        self.suffix = f" ON CONFLICT ({', '.join(key)}) DO NOTHING"
 
 
 def after_commit(session: Session, callback) -> None:

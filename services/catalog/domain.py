@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared.auth import hash_secret, new_api_key
@@ -126,14 +126,18 @@ def apply_stock(session: Session, payload: dict) -> None:
     product.stock_as_of = as_of
 
 
+_products = Product.__table__
+_COUNT_SALE = update(_products).where(_products.c.id == bindparam("product_id")) \
+    .values(sold_count=_products.c.sold_count + bindparam("quantity"))
+_COUNT_REFUND = update(_products).where(_products.c.id == bindparam("product_id")) \
+    .values(refunded_count=_products.c.refunded_count + bindparam("quantity"))
+
+
 def count_sale(session: Session, payload: dict, refunded: bool) -> None:
     product_id = payload.get("product_id")
     if not product_id:  # nothing to count against (session.get(None) warns, may one day raise)
         return
-    product = session.get(Product, product_id, with_for_update=True)
-    if product is None:
-        return
-    if refunded:
-        product.refunded_count += payload["quantity"]
-    else:
-        product.sold_count += payload["quantity"]
+    # One atomic increment per event (no read, no row lock held across statements): every
+    # delivery fans out here, so this is the catalog worker's hottest statement.
+    session.connection().execute(_COUNT_REFUND if refunded else _COUNT_SALE,
+                                 {"product_id": product_id, "quantity": payload["quantity"]})

@@ -24,6 +24,17 @@ from .schemas import (KeyImportSchema, LookupSchema, OrderCreateSchema, OrderTok
 bp = Blueprint("delivery", __name__, url_prefix="/delivery/v1")
 
 
+class SCHEMAS:
+    """One instance each: building a marshmallow schema costs more than loading a body with
+    it, and ``load`` keeps no state on the instance, so threads share them."""
+    KeyImportSchema = KeyImportSchema()
+    OrderCreateSchema = OrderCreateSchema()
+    LookupSchema = LookupSchema()
+    ReplaceSchema = ReplaceSchema()
+    RefundSchema = RefundSchema()
+    OrderTokenSchema = OrderTokenSchema()
+
+
 def _merchant_id(session, required: bool = True) -> str | None:
     token = bearer_token()
     merchant_id = domain.merchant_for_token(session, token)
@@ -78,7 +89,7 @@ def _pay_url(order_no: str, token: str) -> str:
 @documented(body=KeyImportSchema)
 def import_keys(product_id):
     c = ctx()
-    data = load_json(KeyImportSchema())
+    data = load_json(SCHEMAS.KeyImportSchema)
     try:
         with c.db.write() as s:
             merchant_id = _merchant_id(s)
@@ -117,7 +128,7 @@ def key_summary(product_id):
 @documented(body=OrderCreateSchema)
 def create_order():
     c = ctx()
-    data = load_json(OrderCreateSchema())
+    data = load_json(SCHEMAS.OrderCreateSchema)
     token = bearer_token()
     if token:  # a logged-in buyer: the order is attributed to their place in the referral graph
         data["buyer_user_id"] = verify_user_token(c.settings.token_secret, token)
@@ -157,7 +168,7 @@ def get_order(order_no):
 @documented(body=LookupSchema)
 def lookup_orders():
     c = ctx()
-    data = load_json(LookupSchema())
+    data = load_json(SCHEMAS.LookupSchema)
     email = data["email"].strip().lower()
     now = utcnow()
     with c.db.write() as s:
@@ -182,7 +193,7 @@ def lookup_orders():
 @documented(body=ReplaceSchema)
 def replace_key(order_no):
     c = ctx()
-    data = load_json(ReplaceSchema())
+    data = load_json(SCHEMAS.ReplaceSchema)
     with c.db.write() as s:
         merchant_id = _merchant_id(s)
         order = s.get(Order, order_no, with_for_update=True)
@@ -196,7 +207,7 @@ def replace_key(order_no):
 @documented(body=RefundSchema)
 def refund_order(order_no):
     c = ctx()
-    data = load_json(RefundSchema())
+    data = load_json(SCHEMAS.RefundSchema)
     key = idem.request_key()
     digest = idem.body_hash({"order_no": order_no, **data})
     scope = f"refund:{order_no}"
@@ -277,7 +288,7 @@ def sandbox_pay_page(order_no):
     """A person 'pays' in the browser; the page makes the same signed call a provider would."""
     c = ctx()
     provider = _provider("sandbox")
-    token = load_args(OrderTokenSchema())["token"]
+    token = load_args(SCHEMAS.OrderTokenSchema)["token"]
     with c.db.read() as s:
         order = _readable_order(s, order_no)
         view = _order_view(s, order, with_keys=True)

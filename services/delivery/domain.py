@@ -12,14 +12,14 @@ import hmac
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.errors import ApiError
 from shared.auth import hash_secret
-from shared.db import after_commit, insert_ignoring_conflicts, is_postgres
+from shared.db import InsertIgnoringConflicts, after_commit, is_postgres
 from shared.events import utcnow
 from shared.projection import merchant_for_token as projected_merchant_for_token
 from shared.projection import replace_key_hashes, upsert_newer
@@ -210,6 +210,29 @@ _INSERT_ORDER = insert(_O)
 _INSERT_ORDER_KEYS = insert(_OK)
 
 
+def _order_and_claim_statement():
+    """PostgreSQL: insert the order, claim its keys and record them in one statement (one
+    round trip instead of three). Returns how many keys were claimed; the caller checks."""
+    columns = [c.name for c in _O.columns]
+    return text(f"""
+        WITH new_order AS (
+            INSERT INTO orders ({", ".join(columns)}) VALUES ({", ".join(":" + c for c in columns)})
+            RETURNING order_no),
+        claimed AS (
+            DELETE FROM key_pool WHERE key_id IN (
+                SELECT key_id FROM key_pool WHERE product_id = :product_id
+                ORDER BY key_id LIMIT :quantity FOR UPDATE SKIP LOCKED)
+            RETURNING key_id),
+        sold AS (
+            INSERT INTO order_keys (order_no, position, key_id, reusable, active)
+            SELECT (SELECT order_no FROM new_order), row_number() OVER (ORDER BY key_id) - 1, key_id, false, true
+            FROM claimed RETURNING key_id)
+        SELECT count(*) FROM sold""").bindparams(*[bindparam(c.name, type_=c.type) for c in _O.columns])
+
+
+_ORDER_AND_CLAIM_PG = _order_and_claim_statement()
+
+
 def create_order(session: Session, settings, data: dict, client: dict, provider: str,
                  now: datetime) -> tuple[Order, str]:
     """The hottest write path, so it speaks Core, not the ORM: four statements and a commit.
@@ -236,19 +259,22 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
         client_ip=client.get("ip"), device_id=data.get("device_id"), user_agent=client.get("user_agent"),
         risk_decision=None, refunded_quantity=0, refunded_cents=0, created_at=now,
         expires_at=now + timedelta(seconds=settings.reservation_seconds), paid_at=None, delivered_at=None)
-    conn.execute(_INSERT_ORDER, values)
     order_no = values["order_no"]
-    if terms.reusable_keys:
-        reusable = reusable_key_ids(session, data["product_id"])
-        rows = [{"order_no": order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
-                 "reusable": True, "active": True} for pos in range(quantity)] if reusable else []
-    else:
-        ids = claim_keys(session, data["product_id"], quantity)
-        rows = [{"order_no": order_no, "position": pos, "key_id": key_id, "reusable": False, "active": True}
-                for pos, key_id in enumerate(ids)]
-    if len(rows) < quantity:
+    if terms.reusable_keys or not is_postgres(session):
+        conn.execute(_INSERT_ORDER, values)
+        if terms.reusable_keys:
+            reusable = reusable_key_ids(session, data["product_id"])
+            rows = [{"order_no": order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
+                     "reusable": True, "active": True} for pos in range(quantity)] if reusable else []
+        else:
+            ids = claim_keys(session, data["product_id"], quantity)
+            rows = [{"order_no": order_no, "position": pos, "key_id": key_id, "reusable": False, "active": True}
+                    for pos, key_id in enumerate(ids)]
+        if len(rows) < quantity:
+            raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
+        conn.execute(_INSERT_ORDER_KEYS, rows)
+    elif conn.execute(_ORDER_AND_CLAIM_PG, values).scalar() < quantity:
         raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
-    conn.execute(_INSERT_ORDER_KEYS, rows)
     outbox.add(session, "delivery.order.created", {
         "order_no": order_no, "product_id": values["product_id"], "merchant_id": values["merchant_id"],
         "quantity": quantity, "amount_cents": values["amount_cents"], "currency": values["currency"],
@@ -292,7 +318,9 @@ _Pay = Payment.__table__
 # SQLite compiles FOR UPDATE away: it has one writer anyway (BEGIN IMMEDIATE).
 _ORDER_LOCKED = select(_O).where(_O.c.order_no == bindparam("order_no")).with_for_update()
 # The unique (provider, txn_id) decides what is a replay, not a look-up before the insert.
-_RECORD_PAYMENT = insert_ignoring_conflicts(_Pay, [_Pay.c.provider, _Pay.c.txn_id], [_Pay.c.id])
+_RECORD_PAYMENT = InsertIgnoringConflicts(
+    _Pay, ["provider", "txn_id", "order_no", "amount_cents", "currency", "status", "received_at"],
+    key=["provider", "txn_id"], returning=["id"])
 _SET_ORDER_PAID = update(_O).where(_O.c.order_no == bindparam("key")) \
     .values(status=bindparam("status"), paid_at=bindparam("paid_at"), delivered_at=bindparam("delivered_at"))
 
@@ -312,10 +340,10 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
     if notice.status != "paid":
         return "ignored"
     payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
-    recorded = conn.execute(_RECORD_PAYMENT(conn.dialect.name), {
+    recorded = _RECORD_PAYMENT.execute(conn, [{
         "provider": provider, "txn_id": notice.txn_id, "order_no": order.order_no,
         "amount_cents": notice.amount_cents, "currency": notice.currency,
-        "status": "applied" if payable else "duplicate", "received_at": now}).first()
+        "status": "applied" if payable else "duplicate", "received_at": now}]).first()
     if recorded is None:
         metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
         return "replay"

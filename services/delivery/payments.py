@@ -32,6 +32,9 @@ class Notice:
     payer_account: str | None = None  # the provider's id of the paying account, when it gives one
 
 
+_NOTICE = SandboxNoticeSchema()  # built once; loading keeps no state on it
+
+
 class SandboxProvider:
     """``X-Sandbox-Signature``: hex HMAC-SHA256 of the raw body with LINKSHOP_SANDBOX_SECRET."""
 
@@ -55,7 +58,7 @@ class SandboxProvider:
         if not isinstance(data, dict):
             raise BadNotice({"_body": ["not an object"]})
         try:
-            return Notice(**SandboxNoticeSchema().load(data))
+            return Notice(**_NOTICE.load(data))
         except ValidationError as exc:
             raise BadNotice(exc.messages) from None
 
