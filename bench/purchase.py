@@ -315,6 +315,94 @@ def run_purchase_path(shop: Shop, product_id: str, buyers: int, count: int) -> d
     return figures
 
 
+def cpu_seconds_by_process() -> dict[str, float]:
+    """CPU time (user + system) so far of each part of the stack on this machine, from /proc:
+    the share of the two cores each part costs per order, whatever else the machine runs."""
+    import re
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        web, worker = re.search(r"services\.(\w+)\.wsgi", cmd), re.search(r"services\.(\w+)\.worker", cmd)
+        if web:
+            part = f"{web.group(1)} web"
+        elif worker:
+            part = f"{worker.group(1)} worker"
+        elif cmd.startswith("postgres"):
+            part = "postgresql"
+        elif "beam.smp" in cmd:
+            part = "rabbitmq"
+        else:
+            continue
+        found[part] = found.get(part, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used (/proc/stat): with the stack's own share it tells
+    how much else was running during a phase, which would skew its figures."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms_per_order(before: dict, after: dict, client_s: float, orders: int) -> dict[str, float]:
+    if not orders:
+        return {}
+    per = {part: round((after[part] - before.get(part, 0.0)) * 1000 / orders, 2) for part in after}
+    per = {part: ms for part, ms in per.items() if ms >= 0.01}
+    per["load client"] = round(client_s * 1000 / orders, 2)
+    per["total"] = round(sum(per.values()), 2)
+    return dict(sorted(per.items(), key=lambda kv: -kv[1]))
+
+
+def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int) -> list[dict]:
+    """The purchase path (downstream workers paused, as in ``run_purchase_path``) at several
+    numbers of concurrent buyers: where throughput levels off and what latency costs there."""
+    import signal
+    points = []
+    pids = _worker_pids(DOWNSTREAM)
+    for buyers in buyer_counts:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            cpu0, client0, busy0 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
+            results, elapsed = run_load(shop, product_id, buyers, orders)
+            cpu1, client1, busy1 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
+        finally:
+            for pid in pids.values():
+                os.kill(pid, signal.SIGCONT)
+        figures = summarize(results)
+        client_s = (client1.user + client1.system) - (client0.user + client0.system)
+        point = {"buyers": buyers, "orders_per_s": round(figures["completed"] / elapsed, 1) if elapsed else 0.0,
+                 **{k: v for k, v in figures.items() if k != "errors"}, "errors": figures["errors"],
+                 "cpu_ms_per_order": cpu_ms_per_order(cpu0, cpu1, client_s, figures["completed"]),
+                 # CPU seconds per second spent outside the stack and this client (0 = a quiet machine)
+                 "other_load_cores": round(max(0.0, (busy1 - busy0) - client_s
+                                               - sum(cpu1[k] - cpu0.get(k, 0.0) for k in cpu1)) / elapsed, 2),
+                 "orders": [r["order"] for r in results if "order" in r]}
+        points.append(point)
+        print(f"  purchase path, {buyers:>3} buyers: {point['orders_per_s']:>6} orders/s, paid->delivered "
+              f"p50 {point['paid_to_delivered_p50_ms']} ms, p99 {point['paid_to_delivered_p99_ms']} ms; "
+              f"CPU {point['cpu_ms_per_order'].get('total')} ms/order; other load {point['other_load_cores']} cores",
+              flush=True)
+        try:  # let the paused services work off their backlog before the next point
+            deadline = time.perf_counter() + 300
+            while _inbox_depth(pids) and time.perf_counter() < deadline:
+                time.sleep(0.5)
+        except Exception:
+            pass
+    return points
+
+
 def summarize(results: list[dict]) -> dict:
     ok = [r for r in results if "error" not in r]
     pd = [r["paid_to_delivered_ms"] for r in ok]
@@ -336,13 +424,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--catalog", default=os.environ.get("BENCH_CATALOG_URL", "http://127.0.0.1:8081"))
     parser.add_argument("--delivery", default=os.environ.get("BENCH_DELIVERY_URL", "http://127.0.0.1:8082"))
+    parser.add_argument("--sweep", default=os.environ.get("BENCH_SWEEP", "1,4,8,16,32"),
+                        help="buyer counts for the purchase-path sweep, comma-separated ('' to skip)")
+    parser.add_argument("--sweep-orders", type=int, default=1500, help="purchases per sweep point")
     parser.add_argument("--keep-up", action="store_true", help="leave a stack this run started running")
     args = parser.parse_args(argv)
 
     started = ensure_stack(args.catalog, args.delivery)
     try:
         shop = Shop(args.catalog, args.delivery, os.environ.get("LINKSHOP_SANDBOX_SECRET", "sandbox-secret"))
-        total = args.warmup + args.single + args.orders * 2
+        sweep = [int(n) for n in args.sweep.split(",") if n.strip()]
+        total = args.warmup + args.single + args.orders * 2 + args.sweep_orders * len(sweep)
         t = time.perf_counter()
         product_id, imported = shop.setup(admin_token(), total, price_cents=1000)
         print(f"set-up: product {product_id}, {len(imported)} keys imported in {time.perf_counter() - t:.1f}s",
@@ -369,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
               f"then {path_only.get('downstream_backlog_events')} events worked off by {DOWNSTREAM} in "
               f"{path_only.get('downstream_drain_s')} s", flush=True)
 
+        points = run_sweep(shop, product_id, sweep, args.sweep_orders) if sweep else []
+        best = max(points, key=lambda p: p["orders_per_s"], default=None)
+
         everything = [r["order"] for r in warm + single + load + path_only.pop("results", []) if "order" in r]
+        everything += [order for point in points for order in point.pop("orders")]
         with ThreadPoolExecutor(8) as pool:
             views = list(pool.map(shop.keys_of, everything))
         statuses = Counter(status for status, _ in views)
@@ -392,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
             "load": {"buyers": args.buyers, "purchases": args.orders, "elapsed_s": round(elapsed, 3), **l_},
             "single_buyer": {"purchases": args.single, **s},
             "purchase_path_only": path_only,
+            "purchase_path_sweep": points,
+            "purchase_path_best": {k: best[k] for k in ("buyers", "orders_per_s", "paid_to_delivered_p50_ms",
+                                                        "paid_to_delivered_p99_ms")} if best else None,
             "stack": {"web_workers": int(os.environ.get("LINKSHOP_WEB_WORKERS", 2)),
                       "web_threads": int(os.environ.get("LINKSHOP_WEB_THREADS", 8)),
                       "started_by_bench": started},
@@ -403,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         write_result("purchase", figures)
         bad = (duplicate_keys or foreign or set(statuses) != {"delivered"} or l_["errors"] or s["errors"]
-               or path_only["errors"])
+               or path_only["errors"] or any(point["errors"] for point in points))
         return 1 if bad else 0
     finally:
         if started and not args.keep_up:
