@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import metrics
-from .db import Database, UtcDateTime, insert_ignoring_conflicts
+from .db import Database, InsertIgnoringConflicts, UtcDateTime
 from .events import event_age_seconds, utcnow
 
 log = logging.getLogger("linkshop.inbox")
@@ -64,7 +64,8 @@ class Consumer:
         self.db = db
         self.inbox = inbox
         self.handlers = handlers
-        self._insert_new = insert_ignoring_conflicts(inbox, [inbox.c.event_id], [inbox.c.event_id])
+        self._insert_new = InsertIgnoringConflicts(inbox, ["event_id", "type", "received_at"], ["event_id"],
+                                                  ["event_id"])
 
     def handle(self, envelope: dict) -> str:
         result = self.handle_batch([envelope])[0]
@@ -99,8 +100,7 @@ class Consumer:
             with self.db.write() as session:
                 if first_of:
                     now = utcnow()
-                    conn = session.connection()
-                    fresh = set(conn.execute(self._insert_new(conn.dialect.name), [
+                    fresh = set(self._insert_new.execute(session.connection(), [
                         {"event_id": envelopes[i]["id"], "type": envelopes[i]["type"], "received_at": now}
                         for i in first_of.values()]).scalars())
                     for event_id, i in first_of.items():

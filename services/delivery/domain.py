@@ -502,15 +502,24 @@ def refund(session: Session, order: Order, quantity: int | None, reason: str, no
 
 # -- stock -----------------------------------------------------------------------------------
 
-def sync_stock(session: Session, floor: int, now: datetime) -> int:
+def sold_last_week(session: Session, now: datetime) -> dict[str, int]:
+    """Keys sold per product over the last 7 days (a scan of a week's orders: callers reuse it
+    for minutes, not per stock check)."""
+    week_ago = now - timedelta(days=7)
+    return {product_id: int(total or 0) for product_id, total in session.execute(
+        select(Order.product_id, func.sum(Order.quantity)).where(Order.delivered_at >= week_ago)
+        .group_by(Order.product_id)).all()}
+
+
+def sync_stock(session: Session, floor: int, now: datetime, sold: dict[str, int] | None = None) -> int:
     """Announce each product's stock when it changed, and low stock when it crosses the
-    threshold: the last 7 days' sales (average daily sales × 7), at least ``floor``."""
+    threshold: the last 7 days' sales (average daily sales × 7), at least ``floor``.
+    ``sold``: ``sold_last_week`` computed earlier, or None to compute it now."""
     counts = dict(session.execute(select(KeyPool.product_id, func.count()).group_by(KeyPool.product_id)).all())
     unlimited = set(session.scalars(select(CardKey.product_id).where(
         CardKey.reusable.is_(True), CardKey.retired_at.is_(None)).distinct()))
-    week_ago = now - timedelta(days=7)
-    sold = dict(session.execute(select(Order.product_id, func.sum(Order.quantity)).where(
-        Order.delivered_at >= week_ago).group_by(Order.product_id)).all())
+    if sold is None:
+        sold = sold_last_week(session, now)
     states = {s.product_id: s for s in session.scalars(select(StockState).with_for_update())}
     published = 0
     for product_id in session.scalars(select(Product.id)):
