@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from shared.bus import MemoryBus
 from shared.config import SERVICES, load_settings
-from shared.worker import EmbeddedHub
+from shared.worker import EmbeddedHub, retention_job
 
 log = logging.getLogger("linkshop.embedded")
 
@@ -55,7 +55,9 @@ def build_embedded(env: dict | None = None, migrate: bool = True) -> Embedded:
         else:
             db.create_all()
         apps[svc] = app_module.create_app(settings[svc], db=db, bus=bus)
-        specs.append(worker_module.build_worker(settings[svc], db=db))
+        spec = worker_module.build_worker(settings[svc], db=db)
+        spec.jobs.append(retention_job(spec, settings[svc]))
+        specs.append(spec)
     hub = EmbeddedHub(specs, bus)
     return Embedded(apps=apps, hub=hub, bus=bus, wsgi=PrefixDispatcher(apps), settings=settings)
 

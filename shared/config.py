@@ -43,6 +43,8 @@ class Settings:
     stock_low_floor: int
     lookup_rate_per_minute: int
     risk_required: bool
+    outbox_retention_s: float = 86400.0
+    inbox_retention_s: float = 7 * 86400.0
     generated: tuple[str, ...] = field(default=())
 
     @property
@@ -129,5 +131,7 @@ def load_settings(service: str, env: os._Environ | dict | None = None) -> Settin
         stock_low_floor=int(env.get("LINKSHOP_STOCK_LOW_FLOOR", 10)),
         lookup_rate_per_minute=int(env.get("LINKSHOP_LOOKUP_RATE_PER_MINUTE", 10)),
         risk_required=env.get("LINKSHOP_RISK_REQUIRED", "false").lower() in ("1", "true", "yes"),
+        outbox_retention_s=float(env.get("LINKSHOP_OUTBOX_RETENTION_S", 86400)),
+        inbox_retention_s=float(env.get("LINKSHOP_INBOX_RETENTION_S", 7 * 86400)),
         generated=tuple(generated),
     )

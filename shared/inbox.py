@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from sqlalchemy import Column, MetaData, String, Table
+from sqlalchemy import Column, Index, MetaData, String, Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,7 +48,17 @@ def inbox_table(metadata: MetaData) -> Table:
         Column("event_id", String(36), primary_key=True),
         Column("type", String(80), nullable=False),
         Column("received_at", UtcDateTime(), nullable=False),
+        Index("ix_inbox_received_at", "received_at"),
     )
+
+
+def prune_inbox(session: Session, inbox: Table, received_before, limit: int = 5000) -> int:
+    """Forget up to ``limit`` event ids received before ``received_before``. The retention
+    must outlast any redelivery (retries take minutes, a relay re-sends after a crash within
+    seconds), or a late duplicate would be applied again."""
+    oldest = select(inbox.c.event_id).where(inbox.c.received_at < received_before) \
+        .order_by(inbox.c.received_at).limit(limit)
+    return session.execute(inbox.delete().where(inbox.c.event_id.in_(oldest.scalar_subquery()))).rowcount
 
 
 class Consumer:

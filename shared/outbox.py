@@ -39,6 +39,13 @@ class Outbox:
                                            "created_at": utcnow()})
         return envelope
 
+    def prune(self, session: Session, sent_before, limit: int = 5000) -> int:
+        """Delete up to ``limit`` rows sent before ``sent_before``, oldest first (walking the
+        primary key from the start: the sent rows are the old ones, so no index on sent_at)."""
+        table = self.table
+        oldest = select(table.c.id).where(table.c.sent_at < sent_before).order_by(table.c.id).limit(limit)
+        return session.execute(table.delete().where(table.c.id.in_(oldest.scalar_subquery()))).rowcount
+
     def pending_count(self, session: Session) -> int:
         return session.scalar(select(func.count()).select_from(self.table).where(self.table.c.sent_at.is_(None)))
 

@@ -49,6 +49,27 @@ class WorkerSpec:
         return Consumer(self.service, self.db, self.inbox, self.handlers)
 
 
+def retention_job(spec: WorkerSpec, settings: Settings) -> Job:
+    """Every service's worker forgets outbox rows sent a day ago and inbox ids a week old
+    (``LINKSHOP_OUTBOX_RETENTION_S``, ``LINKSHOP_INBOX_RETENTION_S``): at a few hundred
+    orders a second both tables would otherwise grow by millions of rows a day."""
+    from datetime import timedelta
+
+    from .events import utcnow
+    from .inbox import prune_inbox
+
+    def prune():
+        for _ in range(20):  # at most 100,000 rows of each a minute, in short transactions
+            now = utcnow()
+            with spec.db.write() as session:
+                gone = spec.outbox.prune(session, now - timedelta(seconds=settings.outbox_retention_s))
+                gone += prune_inbox(session, spec.inbox, now - timedelta(seconds=settings.inbox_retention_s))
+            if gone < 5000:
+                return
+
+    return Job("prune_outbox_and_inbox", 60.0, prune)
+
+
 def run_due_jobs(spec: WorkerSpec, now: float) -> None:
     for job in spec.jobs:
         if now >= job.next_at:
@@ -169,6 +190,7 @@ def run_worker(spec: WorkerSpec, settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    spec.jobs.append(retention_job(spec, settings))
     consume_beat, relay_beat = _Heartbeat(spec.service), _Heartbeat(spec.service)
     port = os.environ.get("WORKER_PORT")
     server = _serve_health(spec, bus, [consume_beat, relay_beat], int(port)) if port else None

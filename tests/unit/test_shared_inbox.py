@@ -247,3 +247,21 @@ def test_a_failure_in_the_cheap_pass_leaves_only_the_failing_event_undone(kit):
     assert isinstance(results[0], RuntimeError)
     assert results[1:] == ["processed", "processed"]
     assert kit.effect_count() == 2 and kit.inbox_ids() == {batch[1]["id"], batch[2]["id"]}
+
+
+def test_prune_forgets_old_event_ids_and_keeps_recent_ones(kit):
+    from datetime import timedelta
+
+    from shared.events import utcnow
+    from shared.inbox import prune_inbox
+    record_effect(kit)
+    old, recent = event(value=1), event(value=2)
+    kit.consumer.handle(old)
+    kit.consumer.handle(recent)
+    with kit.db.write() as s:  # as if ``old`` had arrived eight days ago
+        s.execute(kit.inbox.update().where(kit.inbox.c.event_id == old["id"])
+                  .values(received_at=utcnow() - timedelta(days=8)))
+    with kit.db.write() as s:
+        assert prune_inbox(s, kit.inbox, utcnow() - timedelta(days=7)) == 1
+    assert kit.inbox_ids() == {recent["id"]}
+    assert kit.consumer.handle(recent) == "duplicate"  # still recognised within the retention

@@ -129,3 +129,23 @@ def test_relay_routes_through_the_memory_bus_by_topology(kit):
     # merchant -> delivery, referral, payout; product -> delivery, referral, risk
     assert {svc: bus.pending(svc) for svc in ("catalog", "delivery", "referral", "payout", "risk")} == \
         {"catalog": 0, "delivery": 2, "referral": 2, "payout": 1, "risk": 1}
+
+
+def test_prune_forgets_only_rows_sent_before_the_cutoff(kit):
+    from datetime import timedelta
+
+    from shared.events import utcnow
+    db, outbox, _ = kit
+    with db.write() as s:
+        for n in range(5):
+            outbox.add(s, "catalog.product.upserted", {"n": n})
+    Relay(db, outbox, RecordingBus(), batch=3).run_once()  # three sent, two still waiting
+    with db.write() as s:
+        assert outbox.prune(s, utcnow() - timedelta(hours=1)) == 0  # sent just now: kept
+    with db.write() as s:
+        assert outbox.prune(s, utcnow() + timedelta(seconds=1), limit=2) == 2
+    with db.write() as s:
+        assert outbox.prune(s, utcnow() + timedelta(seconds=1)) == 1
+    with db.read() as s:
+        assert outbox.pending_count(s) == 2
+        assert s.scalar(select(outbox.table.c.id).where(outbox.table.c.sent_at.is_not(None))) is None

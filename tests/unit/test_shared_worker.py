@@ -37,3 +37,24 @@ def test_due_jobs_run_and_a_failing_job_does_not_stop_the_rest():
     assert ran == ["boom", "ok"]
     run_due_jobs(spec, now=110.0)
     assert ran == ["boom", "ok", "boom", "ok"]
+
+
+def test_every_embedded_worker_prunes_its_outbox_and_inbox(embedded, catalog):
+    from datetime import timedelta
+
+    from sqlalchemy import func, select, update
+
+    from shared.events import utcnow
+    create_merchant(catalog)
+    embedded.hub.drain()
+    spec = next(s for s in embedded.hub.specs if s.service == "catalog")
+    job = next(j for j in spec.jobs if j.name == "prune_outbox_and_inbox")
+    delivery = next(s for s in embedded.hub.specs if s.service == "delivery")
+    assert any(j.name == "prune_outbox_and_inbox" for j in delivery.jobs)
+    with spec.db.write() as s:  # the merchant event went out two days ago
+        s.execute(update(spec.outbox.table).values(sent_at=utcnow() - timedelta(days=2)))
+    job.run()
+    with spec.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(spec.outbox.table)) == 0
+    with delivery.db.read() as s:  # delivery's inbox ids are recent: kept
+        assert s.scalar(select(func.count()).select_from(delivery.inbox)) >= 1
