@@ -4,10 +4,15 @@ Starts the stack itself (``python -m scripts.stack up``, what ``make up`` runs) 
 answers on the catalog and delivery ports, and stops it again afterwards unless ``--keep-up``.
 
     1. set-up: a merchant, a product, enough keys imported for every order;
-    2. one buyer, one purchase after the other: paid -> delivered latency without contention;
-    3. N concurrent buyers, each ordering and paying in a loop: orders per second and
-       paid -> delivered latency at full load;
-    4. every order is read back with its access token: each must be delivered, and no key may
+    2. delivery is restarted without waiting for risk's decision: issue 2 measures the purchase
+       path (catalog + delivery), as the bare-minimum shop it is compared with does no screening;
+    3. one buyer, one purchase after the other: paid -> delivered latency without contention;
+    4. N concurrent buyers, each ordering and paying in a loop, every service consuming;
+    5. the purchase path alone (the other services' workers paused), N buyers, then a sweep over
+       buyer counts with the CPU each process spent per order;
+    6. delivery back on the stack's own setting (production and `make up`: wait for risk), N
+       buyers paying at once: paid -> keys visible, through risk's decision over the bus;
+    7. every order is read back with its access token: each must be delivered, and no key may
        appear in two orders (``duplicate_keys``).
 
 paid -> delivered is the round trip of the signed payment callback: delivery marks the order
@@ -100,6 +105,21 @@ def ensure_stack(catalog: str, delivery: str) -> bool:
     return True
 
 
+def restart_delivery(risk_required: bool | None, behind_proxy: bool = True) -> None:
+    """Restart delivery (web and worker) of the local ``make up`` stack with
+    ``LINKSHOP_RISK_REQUIRED`` set (None: the stack's own setting). ``behind_proxy``: the bench
+    stands in for the ingress, giving each buyer an address of their own in X-Forwarded-For;
+    without it every order would come from 127.0.0.1 and risk's per-address velocity rule
+    would rightly hold them for review."""
+    from scripts.stack import Stack, build_env, default_ports
+    env, _ = build_env(run_dir=RUN_DIR)
+    stack = Stack(env, default_ports(), RUN_DIR)
+    overrides = {"LINKSHOP_TRUSTED_PROXIES": "127.0.0.1"} if behind_proxy else {}
+    if risk_required is not None:
+        overrides["LINKSHOP_RISK_REQUIRED"] = str(risk_required).lower()
+    stack.restart_service("delivery", overrides or None)
+
+
 def source_version() -> str | None:
     """The commit measured, ``+dirty`` when tracked files differ from it (``LINKSHOP_COMMIT``
     where there is no git checkout, e.g. in a container or an exported tree)."""
@@ -161,7 +181,8 @@ class Shop:
     def purchase(self, product_id: str, n: int) -> dict:
         t0 = time.perf_counter()
         status, order = self.delivery.json("POST", "/delivery/v1/orders", {
-            "product_id": product_id, "quantity": 1, "email": f"buyer{n}@example.com"})
+            "product_id": product_id, "quantity": 1, "email": f"buyer{n}@example.com"},
+            {"X-Forwarded-For": f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"})
         t1 = time.perf_counter()
         if status != 201:
             return {"error": f"order {status} {order.get('error', {}).get('code')}"}
@@ -174,10 +195,25 @@ class Shop:
                                              {"X-Sandbox-Signature": signature}, retry=True)
         t3 = time.perf_counter()
         outcome = json.loads(body).get("outcome") if status == 200 else None
+        waited_for_risk = outcome == "paid"
+        if waited_for_risk:  # risk screening on and its decision not in yet: the keys come when it is
+            outcome, t3 = self.wait_delivered(order)
         if outcome != "delivered":
             return {"error": f"notify {status} {body[:120]!r}", "order": order}
         return {"order": order, "order_ms": (t1 - t0) * 1000, "paid_to_delivered_ms": (t3 - t2) * 1000,
-                "done_at": t3}
+                "done_at": t3, "waited_for_risk": waited_for_risk}
+
+    def wait_delivered(self, order: dict, timeout_s: float = 30.0) -> tuple[str | None, float]:
+        """Poll the buyer's order page (as a buyer's browser would) until the keys are there."""
+        deadline, pause = time.perf_counter() + timeout_s, 0.002
+        status = None
+        while time.perf_counter() < deadline:
+            status, _ = self.keys_of(order)
+            if status == "delivered":
+                break
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.05)
+        return status, time.perf_counter()
 
     def keys_of(self, order: dict) -> tuple[str, list[str]]:
         status, view = self.delivery.json(
@@ -409,6 +445,7 @@ def summarize(results: list[dict]) -> dict:
     om = [r["order_ms"] for r in ok]
     errors = Counter(r["error"] for r in results if "error" in r)
     return {"completed": len(ok), "errors": dict(errors),
+            "delivered_after_risk_decision": sum(1 for r in ok if r.get("waited_for_risk")),
             "paid_to_delivered_p50_ms": round(percentile(pd, 50), 2),
             "paid_to_delivered_p99_ms": round(percentile(pd, 99), 2),
             "order_p50_ms": round(percentile(om, 50), 2), "order_p99_ms": round(percentile(om, 99), 2)}
@@ -427,14 +464,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", default=os.environ.get("BENCH_SWEEP", "1,4,8,16,32"),
                         help="buyer counts for the purchase-path sweep, comma-separated ('' to skip)")
     parser.add_argument("--sweep-orders", type=int, default=1500, help="purchases per sweep point")
+    parser.add_argument("--screened-orders", type=int, default=1000,
+                        help="purchases of the last phase, with risk screening on ('0' to skip)")
     parser.add_argument("--keep-up", action="store_true", help="leave a stack this run started running")
     args = parser.parse_args(argv)
 
     started = ensure_stack(args.catalog, args.delivery)
+    # Issue 2's comparison is the purchase path alone: delivery sells on payment without waiting
+    # for risk's decision. The last phase puts the stack's own setting back (production: wait).
+    local = args.delivery == parser.get_default("delivery")
+    if local:
+        print("delivery restarted with LINKSHOP_RISK_REQUIRED=false for the purchase-path phases", flush=True)
+        restart_delivery(risk_required=False)
     try:
         shop = Shop(args.catalog, args.delivery, os.environ.get("LINKSHOP_SANDBOX_SECRET", "sandbox-secret"))
         sweep = [int(n) for n in args.sweep.split(",") if n.strip()]
-        total = args.warmup + args.single + args.orders * 2 + args.sweep_orders * len(sweep)
+        total = (args.warmup + args.single + args.orders * 2 + args.sweep_orders * len(sweep)
+                 + args.screened_orders)
         t = time.perf_counter()
         product_id, imported = shop.setup(admin_token(), total, price_cents=1000)
         print(f"set-up: product {product_id}, {len(imported)} keys imported in {time.perf_counter() - t:.1f}s",
@@ -464,8 +510,20 @@ def main(argv: list[str] | None = None) -> int:
         points = run_sweep(shop, product_id, sweep, args.sweep_orders) if sweep else []
         best = max(points, key=lambda p: p["orders_per_s"], default=None)
 
+        screened, screened_figures = [], None
+        if local and args.screened_orders:
+            restart_delivery(risk_required=None)
+            screened, elapsed_s = run_load(shop, product_id, args.buyers, args.screened_orders)
+            screened_figures = {**summarize(screened), "buyers": args.buyers, "elapsed_s": round(elapsed_s, 3),
+                                "orders_per_s": round(len([r for r in screened if "error" not in r]) / elapsed_s, 1)}
+            print(f"{args.buyers} buyers, all services, delivery waiting for risk's decision (the stack's own "
+                  f"setting): {screened_figures['orders_per_s']} orders/s, paid->keys visible p50 "
+                  f"{screened_figures['paid_to_delivered_p50_ms']} ms, p99 {screened_figures['paid_to_delivered_p99_ms']} ms "
+                  f"({screened_figures['delivered_after_risk_decision']} waited for the decision)", flush=True)
+
         everything = [r["order"] for r in warm + single + load + path_only.pop("results", []) if "order" in r]
         everything += [order for point in points for order in point.pop("orders")]
+        everything += [r["order"] for r in screened if "order" in r]
         with ThreadPoolExecutor(8) as pool:
             views = list(pool.map(shop.keys_of, everything))
         statuses = Counter(status for status, _ in views)
@@ -489,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             "single_buyer": {"purchases": args.single, **s},
             "purchase_path_only": path_only,
             "purchase_path_sweep": points,
+            "with_risk_screening": screened_figures,
             "purchase_path_best": {k: best[k] for k in ("buyers", "orders_per_s", "paid_to_delivered_p50_ms",
                                                         "paid_to_delivered_p99_ms")} if best else None,
             "stack": {"web_workers": int(os.environ.get("LINKSHOP_WEB_WORKERS", 2)),
@@ -497,14 +556,19 @@ def main(argv: list[str] | None = None) -> int:
             "nproc": machine()["cpus"],
             "commit": source_version(),
             "paid_to_delivered": "client side: round trip of the signed payment callback, which sells the keys "
-                                 "in its transaction; server_*: delivery's linkshop_delivery_latency_seconds "
-                                 "histogram (notice arrival -> commit), interpolated within buckets",
+                                 "in its transaction (with risk screening on and no decision yet: until the "
+                                 "buyer's order page shows the keys); server_*: delivery's "
+                                 "linkshop_delivery_latency_seconds histogram (notice arrival -> commit), "
+                                 "interpolated within buckets",
         }
         write_result("purchase", figures)
         bad = (duplicate_keys or foreign or set(statuses) != {"delivered"} or l_["errors"] or s["errors"]
-               or path_only["errors"] or any(point["errors"] for point in points))
+               or path_only["errors"] or any(point["errors"] for point in points)
+               or (screened_figures or {}).get("errors"))
         return 1 if bad else 0
     finally:
+        if local:
+            restart_delivery(risk_required=None, behind_proxy=False)
         if started and not args.keep_up:
             subprocess.run([sys.executable, "-m", "scripts.stack", "down"], cwd=ROOT)
 
