@@ -134,6 +134,7 @@ def test_logged_in_buyer_is_carried_on_the_order_events(shop):
                            headers={"Authorization": "Bearer " + issue_user_token(secret, "usr_42")})
     assert r.status_code == 201
     order = r.json
+    shop.drain()  # risk's decision is in before the buyer pays
     shop.notify(order["order_no"], order["amount_cents"], "t")
     created, _, delivered = (e["payload"] for e in _events(shop))
     assert created["buyer_user_id"] == delivered["buyer_user_id"] == "usr_42"
