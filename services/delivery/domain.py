@@ -429,14 +429,28 @@ def fill_awaiting_orders(session: Session, settings, product_id: str, now: datet
     return delivered
 
 
+_DECISION_STATE = select(_O.c.status, _O.c.risk_decision).where(_O.c.order_no == bindparam("order_no")) \
+    .with_for_update()
+_SET_DECISION = update(_O).where(_O.c.order_no == bindparam("key")).values(risk_decision=bindparam("decision"))
+
+
 def apply_risk_decision(session: Session, settings, payload: dict, now: datetime) -> None:
     from shared.inbox import NotReady
-    order = session.scalar(select(Order).where(Order.order_no == payload["order_no"]).with_for_update())
-    if order is None:
+    conn = session.connection()
+    state = conn.execute(_DECISION_STATE, {"order_no": payload["order_no"]}).first()
+    if state is None:
         raise NotReady(f"order {payload['order_no']} not seen yet")
-    if order.risk_decision not in (None, "review"):
+    if state.risk_decision not in (None, "review"):
         return  # a final decision stands; a late or repeated one changes nothing
-    order.risk_decision = payload["decision"]
+    decision = payload["decision"]
+    if state.status in ("pending", "delivered", "partially_refunded", "refunded", "expired") \
+            and not (decision == "reject" and state.status == "pending"):
+        # Most decisions land on an order not yet paid (or, with screening off, already
+        # delivered): nothing to sell or refund now, only the decision to keep.
+        conn.execute(_SET_DECISION, {"key": payload["order_no"], "decision": decision})
+        return
+    order = session.get(Order, payload["order_no"])
+    order.risk_decision = decision
     if order.risk_decision == "reject" and order.status == "pending":
         order.status = "rejected"
         release_keys(session, order)
