@@ -119,17 +119,17 @@ class MultiRowInsert:
     compiled again on every call; and psycopg's pipelined ``executemany`` costs more than
     one statement for the handful of rows a transaction writes."""
 
-    suffix = ""
-
-    def __init__(self, table, columns: list[str], returning: list[str] | None = None):
-        self.table, self.columns, self.returning = table, columns, returning or []
+    def __init__(self, table, columns: list[str], returning: list[str] | None = None, suffix: str = ""):
+        """``suffix``: SQL after the VALUES list, e.g. an ``ON CONFLICT`` clause (the same
+        text must be valid on PostgreSQL and SQLite)."""
+        self.table, self.columns, self.returning, self.suffix = table, columns, returning or [], suffix
         self._by_rows: dict[int, object] = {}
 
     def statement(self, rows: int):
         stmt = self._by_rows.get(rows)
         if stmt is None:
             values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in self.columns) + ")" for i in range(rows))
-            sql = f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES {values}{self.suffix}"
+            sql = f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES {values} {self.suffix}".rstrip()
             if self.returning:
                 sql += f" RETURNING {', '.join(self.returning)}"
             stmt = text(sql).bindparams(*[bindparam(f"{c}_{i}", type_=self.table.c[c].type)
@@ -151,8 +151,7 @@ class InsertIgnoringConflicts(MultiRowInsert):
     constructs have no cache key either.)"""
 
     def __init__(self, table, columns: list[str], key: list[str], returning: list[str]):
-        super().__init__(table, columns, returning)
-        self.suffix = f" ON CONFLICT ({', '.join(key)}) DO NOTHING"
+        super().__init__(table, columns, returning, suffix=f" ON CONFLICT ({', '.join(key)}) DO NOTHING")
 
 
 def after_commit(session: Session, callback) -> None:

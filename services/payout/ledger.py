@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from shared.db import MultiRowInsert
+
 from .models import Account, Entry, LedgerHead, Posting
 
 GENESIS = "0" * 64
@@ -84,6 +86,14 @@ def normalise(postings) -> list[tuple[str, int]]:
     return sorted((name, cents) for name, cents in merged.items() if cents)
 
 
+# Multi-row statements as text built once per row count (SQLAlchemy would compile an
+# on_conflict_do_update, or a multi-row VALUES, again on every call).
+_INSERT_POSTINGS = MultiRowInsert(Posting.__table__, ["entry_id", "account", "amount_cents", "order_no"])
+_MOVE_BALANCES = MultiRowInsert(
+    Account.__table__, ["name", "owner", "kind", "balance_cents", "reserved_cents", "created_at"],
+    suffix="ON CONFLICT (name) DO UPDATE SET balance_cents = accounts.balance_cents + excluded.balance_cents")
+
+
 def post(session: Session, key: str, kind: str, postings, *, now: datetime, order_no: str | None = None,
          withdrawal_id: str | None = None, memo: str | None = None) -> int | None:
     """Append one entry; returns its sequence number, or None if ``key`` was posted before
@@ -102,17 +112,14 @@ def post(session: Session, key: str, kind: str, postings, *, now: datetime, orde
     entry_id = session.execute(insert(Entry).values(
         seq=seq, key=key, kind=kind, order_no=order_no, withdrawal_id=withdrawal_id, memo=memo,
         created_at=now, prev_hash=prev, hash=digest)).inserted_primary_key[0]
-    session.execute(insert(Posting), [{"entry_id": entry_id, "account": name, "amount_cents": cents,
-                                       "order_no": order_no} for name, cents in lines])
+    conn = session.connection()
+    _INSERT_POSTINGS.execute(conn, [{"entry_id": entry_id, "account": name, "amount_cents": cents,
+                                     "order_no": order_no} for name, cents in lines])
     # One statement for every account: created on first use, else its balance moves. Rows
     # are sorted by name, so concurrent appends lock accounts in the same order.
-    accounts = Account.__table__
-    upsert = _dialect_insert(session)(accounts)
-    session.execute(upsert.on_conflict_do_update(
-        index_elements=[accounts.c.name],
-        set_={"balance_cents": accounts.c.balance_cents + upsert.excluded.balance_cents}),
-        [{"name": name, "owner": split_account(name)[0], "kind": split_account(name)[1], "balance_cents": cents,
-          "reserved_cents": 0, "created_at": now} for name, cents in lines])
+    _MOVE_BALANCES.execute(conn, [{"name": name, "owner": split_account(name)[0], "kind": split_account(name)[1],
+                                   "balance_cents": cents, "reserved_cents": 0, "created_at": now}
+                                  for name, cents in lines])
     head = LedgerHead.__table__
     session.execute(update(head).where(head.c.id == HEAD_ID).values(seq=seq, hash=digest))
     return seq
