@@ -14,6 +14,7 @@ Honest population, built to look like one (the hard part of risk is not the frau
     team members are friends and colleagues: many share an office IP with their upline;
   * IPs as they are: households behind one home IP, offices behind one NAT, mobile carriers'
     NAT pools shared by thousands, internet cafes where many people use the same PCs;
+  * a few guests (2%) who give a throwaway mailbox rather than their own address;
   * households where a partner buys through the other's link ("household": same home IP,
     sometimes the family card). The design holds such lines for the operator; they are
     scored apart, neither honest nor fraud.
@@ -55,6 +56,7 @@ START = datetime(2026, 3, 2, tzinfo=timezone.utc)
 LEVELS_BPS = (800, 400, 200)
 FREEMAIL = ("gmail.com", "qq.com", "163.com", "outlook.com", "yahoo.com", "126.com", "hotmail.com")
 THROWAWAY = ("mailinator.com", "guerrillamail.com", "yopmail.com", "10minutemail.com", "gmail.com")
+PRIVATE_MAILBOX_SHARE = 0.02  # honest guests who give a throwaway mailbox
 
 
 def normalise_email(email: str) -> str:  # the rule referral publishes hashes of
@@ -311,6 +313,13 @@ def build(seed: int, scale: float, days: float, with_payer: bool) -> World:
     for _ in range(n(5200)):
         house = w.household(rng.choice([1, 1, 1, 2, 2, 3, 4]))
         guests.extend(house[:rng.randint(1, len(house))])
+    # A few honest buyers keep their address private with a throwaway mailbox, as card testers
+    # do: what a rule on such mailboxes costs shows in the false positives. Drawn from a stream
+    # of its own, so the rest of the world is the same as without them.
+    private = random.Random(seed * 7919 + 1)
+    for g in guests:
+        if private.random() < PRIVATE_MAILBOX_SHARE:
+            g.email = g.email.split("@")[0] + "@" + private.choice(THROWAWAY[:-1])
     for g in guests:
         fan_of = rng.choice(distributors) if rng.random() < 0.3 else None
         for t in w.times(int(rng.expovariate(1 / 1.8)) + 1):
@@ -527,6 +536,12 @@ def score(world: World, result: dict, warmup_days: float) -> dict:
     kinds["card_testing"]["paid_orders"] = len(ct_paid)
     kinds["card_testing"]["paid_recall"] = _ratio(
         sum(1 for o in ct_paid if order_decision[o].decision != "approve"), len(ct_paid))
+    by_style = defaultdict(list)  # how the bot hides: where the recall is lost
+    for o in scored:
+        if world.labels[o] == "card_testing":
+            by_style[world.styles[o]].append(order_decision[o].decision != "approve")
+    kinds["card_testing"]["recall_by_style"] = {style: {"orders": len(hits), "recall": _ratio(sum(hits), len(hits))}
+                                                for style, hits in sorted(by_style.items())}
     # line-level kinds: caught = the fraudulent line is held
     scored_lines = {k: lab for k, lab in world.line_labels.items() if k[0] in scored}
     honest_flagged = Counter()

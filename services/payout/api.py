@@ -160,6 +160,11 @@ def decide(withdrawal_id, decision):
         allowed = ("requested", "review") if decision == "approve" else ("requested", "review", "approved")
         if w.status not in allowed:
             raise ApiError(409, "not_pending", f"the withdrawal is {w.status}")
+        if decision == "approve" and w.status == "requested" and _config().risk_required:
+            # Nothing is paid that risk has not looked at (design §7): the operator overrides
+            # risk's review with its reasons in front of them, never risk's silence.
+            raise ApiError(409, "awaiting_risk", "risk has not assessed this withdrawal yet; approve it once it "
+                                                 "is in review, or reject it now")
         if decision == "approve":
             domain.approve(s, w, "admin", utcnow(), reasons or ["approved by the operator"])
         else:

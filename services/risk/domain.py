@@ -143,7 +143,8 @@ def _source_rows(session: Session, order: Order, window_s: int) -> dict[str, lis
             continue
         col = getattr(Order, column)
         rows[column] = session.execute(
-            select(Order.created_at, Order.paid_at, Order.payer_account, Order.quantity)
+            select(Order.created_at, Order.paid_at, Order.payer_account, Order.quantity, Order.product_id,
+                   Order.email_hash)
             .where(col == value, Order.created_at >= since, Order.created_at <= order.created_at,
                    Order.order_no != order.order_no)
             .order_by(Order.created_at.desc()).limit(ROW_CAP)).all()
@@ -208,6 +209,8 @@ def _card_testing_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
     for column, label in SOURCE_DIMENSIONS:
         if column not in rows:
             continue
+        # A NAT multiplies how many orders, reservations and cards an IP shows, not the share of
+        # them left unpaid: the volume limits scale with ip_factor, the share does not.
         factor = p["ip_factor"] if column == "ip" else 1
         since, open_since = t - timedelta(seconds=p["window_s"]), t - timedelta(seconds=p["open_window_s"])
         recent = [r for r in rows[column] if r.created_at >= since]
@@ -215,7 +218,7 @@ def _card_testing_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
         held = [r for r in recent if r.created_at >= open_since and _unpaid_at(r, t)]
         still_open, open_keys = len(held), sum(r.quantity for r in held)
         payers = {r.payer_account for r in recent if r.payer_account and not _unpaid_at(r, t)}
-        if len(recent) >= p["min_orders"] * factor and unpaid >= p["unpaid_share"] * len(recent):
+        if len(recent) >= p["min_orders"] and unpaid >= p["unpaid_share"] * len(recent):
             reasons.append(f"{unpaid} of the {len(recent)} orders from this {label} within {p['window_s']}s "
                            f"were never paid")
         elif still_open >= p["max_open"] * factor or (still_open >= 2 and open_keys >= p["max_open_keys"] * factor):
@@ -241,8 +244,44 @@ def _product_burst_hits(session: Session, book: RuleBook, order: Order, rows: di
         return []
     if not _is_fresh(session, order, rows):
         return []
-    return [rule.hit(f"a new source during a burst: {unpaid} of the {len(recent)} orders of this product "
+    hits = [rule.hit(f"a new source during a burst: {unpaid} of the {len(recent)} orders of this product "
                      f"within {p['window_s']}s are unpaid")]
+    shared = book.get("burst_shared_ip")
+    if shared is not None and "ip" in rows:
+        since = t - timedelta(seconds=p["window_s"])
+        held = sum(1 for r in rows["ip"] if r.product_id == order.product_id and r.created_at >= since
+                   and _unpaid_at(r, t))
+        if held:
+            hits.append(shared.hit(f"this IP already holds {held} unpaid order(s) of this product during the burst, "
+                                   f"under another device and email"))
+    return hits
+
+
+def _disposable_hits(book: RuleBook, order: Order) -> list[Hit]:
+    rule = book.get("disposable_email")
+    if rule is None or not order.email_domain:
+        return []
+    domains = {d.strip().lower().rstrip(".") for d in rule.params["domains"]}
+    parts = order.email_domain.split(".")
+    suffixes = {".".join(parts[i:]) for i in range(len(parts) - 1)}
+    if suffixes & domains:
+        return [rule.hit(f"the email is at a throwaway mailbox service ({order.email_domain})")]
+    return []
+
+
+def _recent_unpaid_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
+    rule = book.get("recent_unpaid")
+    if rule is None:
+        return []
+    since = order.created_at - timedelta(seconds=rule.params["window_s"])
+    for column, label in (("device_id", "device"), ("ip", "IP")):
+        # an honest buyer trying again keeps their email; a card tester takes a new one per card
+        unpaid = sum(1 for r in rows.get(column, ()) if r.created_at >= since and _unpaid_at(r, order.created_at)
+                     and r.email_hash != order.email_hash)
+        if unpaid:
+            return [rule.hit(f"{unpaid} earlier order(s) from this {label} under another email within "
+                             f"{rule.params['window_s']}s still unpaid")]
+    return []
 
 
 def _payer_velocity_hits(session: Session, book: RuleBook, order: Order, rows: dict) -> list[Hit]:
@@ -302,13 +341,15 @@ def _fresh_source_hits(session: Session, book: RuleBook, order: Order, product: 
 
 def assess_order(session: Session, book: RuleBook, order: Order, email: str | None) -> list[Hit]:
     windows = [book.rules[name].params["window_s"]
-               for name in ("velocity_ip", "velocity_device", "velocity_email", "velocity_payer", "card_testing")]
+               for name in ("velocity_ip", "velocity_device", "velocity_email", "velocity_payer", "card_testing",
+                            "product_burst", "recent_unpaid")]
     windows.append(book.rules["card_testing"].params["open_window_s"])
     rows = _source_rows(session, order, max(windows))
     product = session.get(Product, order.product_id)
     return (_blocklist_hits(session, book, order, email) + _velocity_hits(book, order, rows)
             + _payer_velocity_hits(session, book, order, rows) + _card_testing_hits(book, order, rows)
-            + _product_burst_hits(session, book, order, rows)
+            + _product_burst_hits(session, book, order, rows) + _disposable_hits(book, order)
+            + _recent_unpaid_hits(book, order, rows)
             + _fresh_source_hits(session, book, order, product, rows))
 
 

@@ -17,6 +17,16 @@ from sqlalchemy.orm import Session
 from .models import RuleSetting
 
 DAY = 86400
+# Throwaway mailbox services: where card testers get a fresh address per stolen card. The
+# operator extends the list through the rule's ``domains`` parameter; subdomains count too.
+DISPOSABLE_DOMAINS = (
+    "10minutemail.com", "20minutemail.com", "discard.email", "dispostable.com", "emailondeck.com",
+    "fakeinbox.com", "getairmail.com", "getnada.com", "guerrillamail.com", "guerrillamail.net",
+    "guerrillamailblock.com", "mailcatch.com", "maildrop.cc", "mailinator.com", "mailnesia.com",
+    "mintemail.com", "mohmal.com", "mytemp.email", "sharklasers.com", "spamgourmet.com", "temp-mail.org",
+    "tempail.com", "tempmail.com", "tempmailo.com", "throwawaymail.com", "trashmail.com", "yopmail.com",
+    "yopmail.net",
+)
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,12 @@ SPECS: dict[str, RuleSpec] = {spec.name: spec for spec in (
              "`window_s` (the account of the order itself is known only once it is paid).", 50,
              {"window_s": DAY, "limit": 25}),
     RuleSpec("card_testing", "order",
-             "Card testing and stock-locking from one source (device, email, or IP with limits times "
-             "`ip_factor`) within `window_s`: at least `min_orders` orders of which `unpaid_share` are "
-             "unpaid; or `max_open` unpaid reservations at once (within `open_window_s`); or "
-             "`max_payers` different payment accounts; or `max_open_keys` keys held in two or more unpaid "
-             "reservations.", 100,
+             "Card testing and stock-locking from one source (device, email or IP) within `window_s`: at "
+             "least `min_orders` orders of which `unpaid_share` are unpaid; or `max_open` unpaid "
+             "reservations at once (within `open_window_s`); or `max_payers` different payment accounts; "
+             "or `max_open_keys` keys held in two or more unpaid reservations. An IP's counts of open "
+             "reservations, keys and payment accounts may be `ip_factor` times higher (many people behind "
+             "one NAT); its unpaid share may not, since a share does not grow with the crowd.", 100,
              {"window_s": 3600, "min_orders": 3, "unpaid_share": 0.75, "open_window_s": 900,
               "max_open": 3, "max_open_keys": 20, "max_payers": 3, "ip_factor": 2}),
     RuleSpec("product_burst", "order",
@@ -63,6 +74,20 @@ SPECS: dict[str, RuleSpec] = {spec.name: spec for spec in (
              "`unpaid_share` of all its orders there. A contributing signal, not a decision on its own: "
              "an honest flash sale looks the same (hundreds of first-time buyers holding reservations).",
              30, {"window_s": 900, "min_unpaid": 8, "unpaid_share": 0.75}),
+    RuleSpec("burst_shared_ip", "order",
+             "During a product burst (see product_burst), a new identity on an IP that already holds an "
+             "unpaid order of the same product within product_burst's window: the bot changed its device "
+             "and email, not its proxy. A contributing signal, reaching review together with product_burst.",
+             20),
+    RuleSpec("disposable_email", "order",
+             "The email is at a throwaway mailbox service (one of `domains`, or a subdomain of one). A "
+             "contributing signal: alone it does not reach review, with recent_unpaid or a burst it does.",
+             25, {"domains": list(DISPOSABLE_DOMAINS)}),
+    RuleSpec("recent_unpaid", "order",
+             "An earlier order from this device or IP, under another email, within `window_s` is still "
+             "unpaid: a card tester's next card under a fresh mailbox (an honest buyer trying again keeps "
+             "their email; a neighbour behind the same NAT looks alike, hence only a contributing signal).",
+             25, {"window_s": 900}),
     RuleSpec("first_order_amount", "order",
              "A source never seen before orders at least `factor` times the product's usual order amount "
              "(its running mean once `min_history` orders are seen, else its price), and at least "
@@ -168,7 +193,11 @@ def validate_params(spec: RuleSpec, params: dict) -> dict:
             errors[key] = [f"unknown parameter of {spec.name}"]
             continue
         default = spec.params[key]
-        if isinstance(default, bool):
+        if isinstance(default, list):
+            ok = isinstance(value, list) and len(value) <= 5000 and all(
+                isinstance(v, str) and 0 < len(v.strip()) <= 253 for v in value)
+            kind = "a list of up to 5000 non-empty strings"
+        elif isinstance(default, bool):
             ok = isinstance(value, bool)
             kind = "a boolean"
         elif isinstance(default, int):

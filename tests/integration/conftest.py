@@ -39,6 +39,13 @@ TEST_ENV = {
     "LINKSHOP_RELAY_INTERVAL_S": "0.02",
     "LINKSHOP_SANDBOX_SECRET": "sandbox-secret",
     "LOG_LEVEL": "DEBUG",  # the log audit is stronger when everything that could be logged is
+    "GUNICORN_ACCESS_LOG": "1",  # off in production and `make up`; here the audit reads it too
+    # As in production (deploy/k8s/base): delivery waits for risk.order.assessed and payout for
+    # risk.withdrawal.assessed, so every test runs through the wiring that is deployed.
+    "LINKSHOP_RISK_REQUIRED": "true",
+    # The tests stand in for the ingress: a buyer's address comes from X-Forwarded-For, so a
+    # test can order from an address of its own (a blocklisted one) without touching the others.
+    "LINKSHOP_TRUSTED_PROXIES": "127.0.0.1",
 }
 # retry queue names of earlier runs whose arguments could clash with ours
 KNOWN_RETRY_DELAYS = {200, 500, 1000, 5000, 30000, 120000}

@@ -11,13 +11,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pika
 import requests
 from pika.exceptions import ChannelClosedByBroker
 
-from shared.topology import EXCHANGE
+from shared.topology import EXCHANGE, inbox_queue
 
 HTTP_TIMEOUT = 30
 UNKNOWN_TO_DELIVERY = (401, 403, 404, 422)  # before delivery has learned the merchant/product
@@ -54,6 +54,24 @@ def new_envelope(type_: str, payload: dict, producer: str = "delivery", id_: str
     return {"id": id_ or str(uuid.uuid4()), "type": type_, "version": 1,
             "occurred_at": datetime.now(timezone.utc).isoformat(), "producer": producer,
             "correlation_id": payload.get("order_no"), "payload": payload}
+
+
+def fund_user(broker: "Broker", hold_seconds: int, user_id: str, cents: int) -> str:
+    """Give a user ``cents`` of released commission in payout: an order delivered with its hold
+    long over and its commission line, published straight into payout's inbox, so that no other
+    service sees an order that never was. Returns the made-up order number."""
+    order_no, merchant_id = f"IT{secrets.token_hex(6)}", f"mer_it{secrets.token_hex(4)}"
+    delivered_at = datetime.now(timezone.utc) - timedelta(seconds=hold_seconds + 3600)
+    inbox = inbox_queue("payout")
+    broker.publish(inbox, new_envelope("delivery.order.delivered", {
+        "order_no": order_no, "product_id": "prd_it", "merchant_id": merchant_id, "quantity": 1,
+        "amount_cents": 2 * cents, "cost_cents": 0, "currency": "CNY", "fee_bps": 0,
+        "delivered_at": delivered_at.isoformat()}), exchange="")
+    broker.publish(inbox, new_envelope("referral.commission.accrued", {
+        "order_no": order_no, "merchant_id": merchant_id, "product_id": "prd_it", "amount_cents": 2 * cents,
+        "lines": [{"user_id": user_id, "level": 1, "rate_bps": 5000, "amount_cents": cents}]},
+        producer="referral"), exchange="")
+    return order_no
 
 
 class Shop:
@@ -165,6 +183,24 @@ class Shop:
         r = self.get_order(order["order_no"], order["access_token"])
         assert r.status_code == 200, r.text
         return r.json()["status"]
+
+    def wait_status(self, order: dict, *statuses: str, timeout: float = 20.0) -> dict:
+        """Poll the buyer's view until the order is in one of ``statuses``; returns that view.
+
+        With LINKSHOP_RISK_REQUIRED (as in production) a paid order is delivered when risk's
+        decision arrives, which may be after the payment callback answered."""
+        def probe():
+            r = self.get_order(order["order_no"], order["access_token"])
+            assert r.status_code == 200, r.text
+            return r.json() if r.json()["status"] in statuses else None
+        try:
+            return eventually(probe, timeout, 0.05)
+        except AssertionError:
+            raise AssertionError(f"order {order['order_no']} not {'/'.join(statuses)} within {timeout}s: "
+                                 f"still {self.order_status(order)}") from None
+
+    def wait_delivered(self, order: dict, timeout: float = 20.0) -> dict:
+        return self.wait_status(order, "delivered", timeout=timeout)
 
     # -- the sandbox payment provider
     def sign(self, raw: bytes, secret: str | None = None) -> str:

@@ -1,16 +1,16 @@
 """Payout over the real processes (gunicorn + workers, PostgreSQL, RabbitMQ): the design's
 example order ends with exactly its postings, and 50 concurrent withdrawals against one
-balance never overdraw it (the reservation is one conditional UPDATE on PostgreSQL)."""
+balance never overdraw it (the reservation is one conditional UPDATE on PostgreSQL).
+
+Risk is required, as in production: every withdrawal waits for risk.withdrawal.assessed, so
+the withdrawing user is a real one (registered through referral), whom risk knows."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta, timezone
 
 import requests
 
-from shared.auth import issue_user_token
-
-from .helpers import HTTP_TIMEOUT, eventually, new_envelope, parallel
+from .helpers import HTTP_TIMEOUT, eventually, fund_user, parallel
 
 
 def _bearer(token: str) -> dict:
@@ -58,22 +58,12 @@ def test_design_example_ends_with_exactly_its_postings(shop, stack, run):
     assert report["ok"] and report["imbalance_cents"] == 0, report
 
 
-def test_fifty_concurrent_withdrawals_never_overdraw(stack, run, broker):
+def test_fifty_concurrent_withdrawals_never_overdraw(stack, run, broker, shop):
     payout = stack.url("payout")
     admin = _bearer(run.env["LINKSHOP_ADMIN_TOKEN"])
-    user_id, order_no, merchant_id = (f"usr_it{secrets.token_hex(6)}", f"IT{secrets.token_hex(6)}",
-                                      f"mer_it{secrets.token_hex(4)}")
-    hold = int(run.env.get("LINKSHOP_HOLD_SECONDS", 604800))
-    delivered_at = datetime.now(timezone.utc) - timedelta(seconds=hold + 3600)  # its hold is over
-    broker.publish("delivery.order.delivered", new_envelope("delivery.order.delivered", {
-        "order_no": order_no, "product_id": "prd_it", "merchant_id": merchant_id, "quantity": 1,
-        "amount_cents": 20000, "cost_cents": 0, "currency": "CNY", "fee_bps": 0,
-        "delivered_at": delivered_at.isoformat()}))
-    broker.publish("referral.commission.accrued", new_envelope("referral.commission.accrued", {
-        "order_no": order_no, "merchant_id": merchant_id, "product_id": "prd_it", "amount_cents": 20000,
-        "lines": [{"user_id": user_id, "level": 1, "rate_bps": 5000, "amount_cents": 10000}]}, producer="referral"))
-    token = issue_user_token(run.env["LINKSHOP_TOKEN_SECRET"], user_id)
-    run.credentials.append(token)
+    user = shop.register_chain(1)[0]
+    user_id, token = user["user_id"], user["token"]
+    order_no = fund_user(broker, int(run.env.get("LINKSHOP_HOLD_SECONDS", 604800)), user_id, 10000)
     account_url = f"{payout}/payout/v1/accounts/user:{user_id}"
 
     def account():
@@ -94,7 +84,7 @@ def test_fifty_concurrent_withdrawals_never_overdraw(stack, run, broker):
     after = account()
     assert 0 <= after["available_cents"] and after["available_cents"] + after["reserved_cents"] <= 10000
 
-    def settled():  # approved (or rejected by risk) and paid by the sandbox provider
+    def settled():  # approved by risk and paid by the sandbox provider (or rejected by risk)
         items = requests.get(f"{payout}/payout/v1/withdrawals", params={"owner": f"user:{user_id}"}, headers=admin,
                              timeout=HTTP_TIMEOUT).json()["items"]
         return items if all(w["status"] in ("paid", "rejected") for w in items) else None

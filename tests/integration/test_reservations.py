@@ -31,8 +31,8 @@ def test_expired_reservation_returns_to_stock_and_late_payment_re_reserves(short
     shop.wait_catalog(product["id"], stock=1)  # back in stock, and the catalog knows it
     # paid after expiry with the key still free: re-reserved and delivered
     assert shop.pay(late).status_code == 200
-    view = shop.get_order(late["order_no"], late["access_token"]).json()
-    assert view["status"] == "delivered" and view["keys"] == keys
+    view = shop.wait_delivered(late)
+    assert view["keys"] == keys
     shop.wait_catalog(product["id"], stock=0, sold=1)
 
 
@@ -46,10 +46,10 @@ def test_late_payment_without_stock_waits_and_is_delivered_on_import(short_reser
     # someone else buys the returned key meanwhile
     other = shop.order(product["id"]).json()
     assert shop.pay(other).status_code == 200
-    assert shop.get_order(other["order_no"], other["access_token"]).json()["keys"] == first_keys
-    # the late payment stands, but there is nothing to deliver yet
+    assert shop.wait_delivered(other)["keys"] == first_keys
+    # the late payment stands, but there is nothing to deliver yet (risk approved it long ago)
     assert shop.pay(late).status_code == 200
-    assert shop.order_status(late) == "awaiting_stock"
+    assert shop.wait_status(late, "awaiting_stock", "delivered")["status"] == "awaiting_stock"
     new_keys = shop.new_keys(2)
     shop.import_keys(merchant, product["id"], new_keys)
     view = eventually(lambda: (v := shop.get_order(late["order_no"], late["access_token"]).json())["status"]

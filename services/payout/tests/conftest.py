@@ -15,9 +15,11 @@ class PayoutShop(ReferralShop):
     """The whole embedded Linkshop, seen from payout."""
 
     def __init__(self, tmp_path, **env):
-        super().__init__(tmp_path, **env)
         # Risk's own rules (same IP, new account...) are not what these tests are about: its
-        # inbox is left unconsumed and its decisions are injected by hand where a test needs one.
+        # inbox is left unconsumed and its decisions are injected by hand where a test needs one,
+        # so nothing waits for risk unless a test asks for it.
+        env.setdefault("LINKSHOP_RISK_REQUIRED", "false")
+        super().__init__(tmp_path, **env)
         hub = self.system.hub
         hub._consumers = [(svc, consumer) for svc, consumer in hub._consumers if svc != "risk"]
         self.payout = self.system.apps["payout"].test_client()

@@ -70,7 +70,8 @@ def test_rules_are_listed_and_edited(shop):
     r = shop.risk.get("/risk/v1/rules", headers=shop.admin)
     names = [rule["name"] for rule in r.json["items"]]
     assert {"decision", "blocklist", "velocity_ip", "velocity_device", "velocity_email", "velocity_payer",
-            "card_testing", "product_burst", "first_order_amount", "max_quantity_fresh", "self_referral", "ring",
+            "card_testing", "product_burst", "burst_shared_ip", "disposable_email", "recent_unpaid",
+            "first_order_amount", "max_quantity_fresh", "self_referral", "ring",
             "withdrawal_new_account", "withdrawal_fast", "withdrawal_tainted",
             "withdrawal_shared_destination"} == set(names)
     rule = shop.risk.get("/risk/v1/rules/velocity_ip", headers=shop.admin).json
@@ -91,6 +92,21 @@ def test_rules_are_listed_and_edited(shop):
 def test_rule_edits_that_are_refused(shop, body, field):
     error = assert_error(shop.risk.put("/risk/v1/rules/velocity_ip", json=body, headers=shop.admin), 422, "invalid")
     assert field in error["fields"]
+
+
+def test_a_list_parameter_is_replaced_whole_and_checked(shop):
+    rule = shop.risk.get("/risk/v1/rules/disposable_email", headers=shop.admin).json
+    assert "mailinator.com" in rule["params"]["domains"]
+    changed = shop.set_rule("disposable_email", params={"domains": ["Burner.Example"]})
+    assert changed["params"]["domains"] == ["Burner.Example"]
+    no = shop.created(email="x@mail.burner.example")
+    assert shop.rules_of(no) == ["disposable_email"]  # a subdomain, any case
+    assert shop.decision(no)["decision"] == "approve"  # a contributing signal only
+    assert shop.rules_of(shop.created(email="x@mailinator.com", device_id="dev-2", ip="81.2.95.1")) == []
+    for bad in ("burner.example", [""], [1], ["x" * 300], [["a"]], {"a": 1}):
+        error = assert_error(shop.risk.put("/risk/v1/rules/disposable_email", json={"params": {"domains": bad}},
+                                           headers=shop.admin), 422, "invalid")
+        assert "domains" in error["fields"]["params"]
 
 
 def test_rule_edit_errors(shop):

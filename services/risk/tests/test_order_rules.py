@@ -56,8 +56,77 @@ def test_card_testing_unpaid_orders_from_one_device_are_rejected(shop):
         shop.created(i * 20, device_id="bot", email=f"x{i}@mailinator.com", ip=f"81.2.73.{i + 1}")
     no = shop.created(80, device_id="bot", email="x9@mailinator.com", ip="81.2.73.9")
     d = shop.decision(no)
-    assert d["decision"] == "reject" and shop.rules_of(no) == ["card_testing"]
+    assert d["decision"] == "reject" and shop.rules_of(no) == ["card_testing", "disposable_email", "recent_unpaid"]
     assert "never paid" in d["reasons"][0]["reason"]
+
+
+def test_card_testing_behind_one_ip_counts_the_unpaid_share_without_the_nat_allowance(shop):
+    """A bot changing device and email but not its proxy: three unpaid orders from one IP within
+    the hour are as telling as from one device (a crowd behind a NAT pays its orders)."""
+    for i in range(3):
+        shop.created(i * 40, device_id=f"rot-{i}", email=f"rot{i}@example.com", ip="81.2.90.1")
+    no = shop.created(160, device_id="rot-9", email="rot9@example.com", ip="81.2.90.1")
+    d = shop.decision(no)
+    assert d["decision"] == "reject" and shop.rules_of(no) == ["card_testing", "recent_unpaid"]
+    assert "3 of the 3 orders from this IP" in d["reasons"][0]["reason"]
+    # a busy NAT: many buyers at once, most of them paying, is no card testing
+    for i in range(5):
+        o = shop.created(7200 + i * 30, device_id=f"nat-{i}", email=f"nat{i}@example.com", ip="81.2.90.2")
+        if i % 3:
+            shop.paid(o, t=7200 + i * 30 + 10)
+    crowd = shop.created(7400, device_id="nat-9", email="nat9@example.com", ip="81.2.90.2")
+    assert "card_testing" not in shop.rules_of(crowd) and shop.decision(crowd)["decision"] == "approve"
+    # open reservations from one IP keep the allowance: three are not yet six
+    for i in range(3):
+        shop.created(20000 + i * 10, device_id=f"open-{i}", email=f"open{i}@example.com", ip="81.2.90.3")
+        shop.created(20000 + i * 10 + 1, device_id=f"paid-{i}", email=f"paid{i}@example.com", ip="81.2.90.3")
+        shop.paid(shop.decisions(kind="order")[-1]["order_no"], t=20000 + i * 10 + 2)
+    held = shop.created(20100, device_id="open-9", email="open9@example.com", ip="81.2.90.3")
+    assert "card_testing" not in shop.rules_of(held)
+
+
+def test_a_throwaway_mailbox_trying_again_is_held(shop):
+    """Each a contributing signal: a throwaway mailbox alone, or an order next to another
+    email's unpaid one, is approved; a throwaway mailbox after another one's unpaid order waits
+    for review. An honest buyer trying again under their own email is no signal at all."""
+    alone = shop.created(email="a1@yopmail.com", device_id="d-a", ip="81.2.91.1")
+    assert shop.rules_of(alone) == ["disposable_email"] and shop.decision(alone)["decision"] == "approve"
+    shop.created(120, email="honest@example.com", device_id="d-h", ip="81.2.91.2")
+    again = shop.created(300, email="Honest@Example.com", device_id="d-h", ip="81.2.91.2")
+    assert shop.rules_of(again) == []
+    private = shop.created(310, email="private@yopmail.com", device_id="d-p", ip="81.2.91.9")
+    private_again = shop.created(400, email="private@yopmail.com", device_id="d-p", ip="81.2.91.9")
+    assert shop.rules_of(private_again) == ["disposable_email"] and shop.decision(private)["decision"] == "approve"
+    assert shop.decision(private_again)["decision"] == "approve"
+    neighbour = shop.created(330, email="neighbour@example.com", device_id="d-n", ip="81.2.91.2")
+    assert shop.rules_of(neighbour) == ["recent_unpaid"] and shop.decision(neighbour)["decision"] == "approve"
+    second_card = shop.created(400, email="a2@sub.yopmail.com", device_id="d-a", ip="81.2.91.1")
+    d = shop.decision(second_card)
+    assert (d["decision"], d["score"]) == ("review", 50)
+    assert shop.rules_of(second_card) == ["disposable_email", "recent_unpaid"]
+    later = shop.created(400 + 3600, email="a3@yopmail.com", device_id="d-a", ip="81.2.91.1")
+    assert shop.rules_of(later) == ["disposable_email"]  # the window passed
+    shop.set_rule("disposable_email", enabled=False)
+    assert shop.rules_of(shop.created(5000, email="a4@yopmail.com", device_id="d-b", ip="81.2.91.3")) == []
+
+
+def test_a_new_identity_on_a_proxy_already_hitting_the_burst_product(shop):
+    """Device and email change with every order, a few proxies are reused: during the product's
+    burst, a new identity on a proxy that holds an unpaid order of that product is held."""
+    proxies = ["81.2.92.1", "81.2.92.2", "81.2.92.3", "81.2.92.4"]
+    for i in range(8):  # two orders per proxy: below every per-source limit
+        shop.created(i * 30, device_id=f"b{i}", email=f"b{i}@example.com", ip=proxies[i % 4], product_id="cheap")
+    no = shop.created(300, device_id="b9", email="b9@example.com", ip=proxies[0], product_id="cheap")
+    d = shop.decision(no)
+    assert shop.rules_of(no) == ["product_burst", "burst_shared_ip", "recent_unpaid"]
+    assert d["decision"] == "review"
+    assert "holds 2 unpaid order(s) of this product" in d["reasons"][1]["reason"]
+    # another product on the same proxy, or the burst product from a fresh proxy: the burst signal alone
+    fresh_ip = shop.created(301, device_id="c1", email="c1@example.com", ip="81.2.92.50", product_id="cheap")
+    assert shop.rules_of(fresh_ip) == ["product_burst"] and shop.decision(fresh_ip)["decision"] == "approve"
+    shop.set_rule("burst_shared_ip", enabled=False)
+    off = shop.created(302, device_id="b10", email="b10@example.com", ip=proxies[1], product_id="cheap")
+    assert shop.rules_of(off) == ["product_burst", "recent_unpaid"]
 
 
 def test_paid_orders_are_not_card_testing(shop):
@@ -169,7 +238,8 @@ def test_rules_switched_off_or_retuned_without_redeploy(shop):
     shop.set_rule("card_testing", enabled=True, score=60)
     no = shop.created(200, device_id="bot", email="x9@example.com", ip="81.2.83.9")
     d = shop.decision(no)
-    assert (d["decision"], d["score"]) == ("review", 60)
+    assert (d["decision"], d["score"]) == ("review", 60 + 25)
+    assert shop.rules_of(no) == ["card_testing", "recent_unpaid"]
 
 
 def test_order_events_are_idempotent_and_order_tolerant(shop):
