@@ -3,6 +3,7 @@ the in-process bus. ``make run`` starts it; tests build it with ``build_embedded
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -54,8 +55,13 @@ def build_embedded(env: dict | None = None, migrate: bool = True) -> Embedded:
             upgrade(svc, settings[svc].database_url)
         else:
             db.create_all()
-        apps[svc] = app_module.create_app(settings[svc], db=db, bus=bus)
-        spec = worker_module.build_worker(settings[svc], db=db)
+        extra = {}
+        if importlib.util.find_spec(f"services.{svc}.config") is not None:
+            # A service's own settings come from the same environment as everyone's, never
+            # from os.environ behind the caller's back (tests pass their own).
+            extra["config"] = importlib.import_module(f"services.{svc}.config").load_config(settings[svc], env)
+        apps[svc] = app_module.create_app(settings[svc], db=db, bus=bus, **extra)
+        spec = worker_module.build_worker(settings[svc], db=db, **extra)
         spec.jobs.append(retention_job(spec, settings[svc]))
         specs.append(spec)
     hub = EmbeddedHub(specs, bus)

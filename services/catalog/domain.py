@@ -137,6 +137,8 @@ def count_sale(session: Session, payload: dict, refunded: bool) -> None:
     product_id = payload.get("product_id")
     if not product_id:  # nothing to count against (session.get(None) warns, may one day raise)
         return
+    if refunded and payload.get("delivered") is False:
+        return  # an order refunded before delivery (rejected by risk, say) was never counted as sold
     # One atomic increment per event (no read, no row lock held across statements): every
     # delivery fans out here, so this is the catalog worker's hottest statement.
     session.connection().execute(_COUNT_REFUND if refunded else _COUNT_SALE,

@@ -122,6 +122,17 @@ def test_delivered_and_refunded_counting_survives_duplicates(embedded, catalog, 
     assert no_dead(embedded)
 
 
+def test_a_refund_of_an_order_never_delivered_is_no_sale_undone(embedded, catalog, product):
+    inject(embedded, "catalog", sale_event(product["id"], 2))
+    rejected = sale_event(product["id"], 1, refunded=True)  # paid, then rejected by risk: no key sold
+    rejected["payload"]["delivered"] = False
+    inject(embedded, "catalog", rejected)
+    embedded.hub.drain()
+    assert view(catalog, product["id"])["sold"] == 2
+    with service_db(embedded, "catalog").read() as s:
+        assert s.get(Product, product["id"]).refunded_count == 0
+
+
 def test_a_sale_without_a_product_is_ignored(embedded, catalog, product):
     refund = envelope("delivery.order.refunded", {"order_no": "X1", "amount_cents": 100, "quantity": 1,
                                                   "reason": "r"})
