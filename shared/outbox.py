@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 from sqlalchemy import (BigInteger, Column, Index, Integer, MetaData, String, Table, Text,
                         func, select, text, update)
 from sqlalchemy.orm import Session
 
 from . import metrics
-from .db import Database, UtcDateTime, defer_insert
+from .db import Database, UtcDateTime, after_commit, defer_insert
 from .events import make_envelope, utcnow
 
 log = logging.getLogger("linkshop.outbox")
+
+NOTIFY_CHANNEL = "linkshop_outbox"
+# Set when this process commits outbox rows; the worker's relay waits on it between rounds.
+relay_wanted = threading.Event()
 
 
 class Outbox:
@@ -37,6 +42,12 @@ class Outbox:
         defer_insert(session, self.table, {"event_id": envelope["id"], "type": type_,
                                            "body": json.dumps(envelope, separators=(",", ":")),
                                            "created_at": utcnow()})
+        if not session.info.get("outbox_wakes"):
+            # Wake the relay as soon as this commits: at once in this process (a worker's
+            # consumer), by NOTIFY on PostgreSQL for the relay in another (the API's events).
+            session.info["outbox_wakes"] = True
+            session.info["notify_channel"] = NOTIFY_CHANNEL
+            after_commit(session, relay_wanted.set)
         return envelope
 
     def prune(self, session: Session, sent_before, limit: int = 5000) -> int:

@@ -149,3 +149,18 @@ def test_prune_forgets_only_rows_sent_before_the_cutoff(kit):
     with db.read() as s:
         assert outbox.pending_count(s) == 2
         assert s.scalar(select(outbox.table.c.id).where(outbox.table.c.sent_at.is_not(None))) is None
+
+
+def test_a_commit_with_outbox_rows_wakes_the_relay_and_a_rollback_does_not(kit):
+    from shared.outbox import relay_wanted
+    db, outbox, _ = kit
+    relay_wanted.clear()
+    with pytest.raises(RuntimeError):
+        with db.write() as s:
+            outbox.add(s, "catalog.product.upserted", {"n": 1})
+            raise RuntimeError("the change failed")
+    assert not relay_wanted.is_set()
+    with db.write() as s:
+        outbox.add(s, "catalog.product.upserted", {"n": 2})
+        outbox.add(s, "catalog.product.upserted", {"n": 3})
+    assert relay_wanted.is_set()
