@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import datetime, timedelta
+from functools import lru_cache
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import BigInteger, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import ApiError
@@ -19,11 +20,20 @@ from shared.inbox import NotReady
 
 from .models import (BlockEntry, Decision, Earning, Fingerprint, Order, Product, User, Withdrawal,
                      outbox)
-from .rules import Hit, RuleBook
+from .rules import Hit, RuleBook, rule_book
 
 BLOCK_KINDS = ("email", "email_domain", "ip", "device")
 SOURCE_DIMENSIONS = (("device_id", "device"), ("email_hash", "email"), ("ip", "IP"))
 ROW_CAP = 500  # rows read per source and window: enough for every limit, bounded on a busy NAT
+
+
+def _run(session: Session, statement, params: dict):
+    """A statement built once (its compiled form and cache key are reused), run on the
+    session's connection after the autoflush an ORM query would do: what this transaction
+    added (e.g. the orders of earlier events in the same batch) is seen, as before."""
+    if session.autoflush:
+        session.flush()
+    return session.connection().execute(statement, params)
 
 
 # -- identities ------------------------------------------------------------------------------
@@ -133,6 +143,22 @@ def _resolve_buyer(session: Session, order: Order) -> str | None:
     return None
 
 
+_orders = Order.__table__
+_at = _orders.c.created_at.type
+
+
+def _source_rows_statement(column: str):
+    o = _orders
+    return (select(o.c.created_at, o.c.paid_at, o.c.payer_account, o.c.quantity, o.c.product_id, o.c.email_hash)
+            .where(o.c[column] == bindparam("value"), o.c.created_at >= bindparam("since", type_=_at),
+                   o.c.created_at <= bindparam("t", type_=_at), o.c.order_no != bindparam("order_no"))
+            .order_by(o.c.created_at.desc()).limit(ROW_CAP))
+
+
+# Built once: a statement object reused is compiled once and its cache key is memoised.
+_SOURCE_ROWS = {column: _source_rows_statement(column) for column, _label in SOURCE_DIMENSIONS}
+
+
 def _source_rows(session: Session, order: Order, window_s: int) -> dict[str, list]:
     """The orders from each of this order's sources within ``window_s`` before it, newest first."""
     since = order.created_at - timedelta(seconds=window_s)
@@ -141,13 +167,8 @@ def _source_rows(session: Session, order: Order, window_s: int) -> dict[str, lis
         value = getattr(order, column)
         if not value or (column == "ip" and not routable(value)):
             continue
-        col = getattr(Order, column)
-        rows[column] = session.execute(
-            select(Order.created_at, Order.paid_at, Order.payer_account, Order.quantity, Order.product_id,
-                   Order.email_hash)
-            .where(col == value, Order.created_at >= since, Order.created_at <= order.created_at,
-                   Order.order_no != order.order_no)
-            .order_by(Order.created_at.desc()).limit(ROW_CAP)).all()
+        rows[column] = _run(session, _SOURCE_ROWS[column], {
+            "value": value, "since": since, "t": order.created_at, "order_no": order.order_no}).all()
     return rows
 
 
@@ -155,33 +176,68 @@ def _unpaid_at(row, at: datetime) -> bool:
     return row.paid_at is None or row.paid_at > at
 
 
+@lru_cache(maxsize=4096)  # at most ~10 MB (IPv4); an IP seen again costs nothing
+def _ip_networks(ip: str) -> tuple[str, ...]:
+    """Every network holding ``ip``, as the blocklist stores them (``normalise_block_value``),
+    from the address itself down to /0; () when ``ip`` is no address."""
+    try:
+        address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv4Address):
+            n = int(address)
+            return tuple(f"{m >> 24}.{(m >> 16) & 255}.{(m >> 8) & 255}.{m & 255}/{bits}"
+                         for bits in range(32, -1, -1) for m in (n & ((0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF),))
+        if address.scope_id is None:
+            n, full = int(address), (1 << 128) - 1
+            return tuple(f"{ipaddress.IPv6Address(n & ((full << (128 - bits)) & full))}/{bits}"
+                         for bits in range(128, -1, -1))
+        return tuple(str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+                     for bits in range(address.max_prefixlen, -1, -1))
+    except ValueError:
+        return ()
+
+
+def _blocklist_statement(shape: tuple[tuple[str, int], ...]):
+    """Entries of any of the kinds in ``shape`` with one of the values bound as ``<kind>_<i>``
+    (a plain IN list: an expanding one would be rewritten on every execution)."""
+    b = BlockEntry.__table__
+    return (select(b.c.kind, b.c.value, b.c.reason)
+            .where(or_(*[(b.c.kind == kind) & b.c.value.in_([bindparam(f"{kind}_{i}") for i in range(n)])
+                         for kind, n in shape]))
+            .order_by(b.c.id))
+
+
+_BLOCKLIST: dict[tuple[tuple[str, int], ...], object] = {}  # by kinds and how many values, each built once
+BLOCK_LABELS = {"email": "email", "email_domain": "email domain", "ip": "IP", "device": "device"}
+
+
 def _blocklist_hits(session: Session, book: RuleBook, order: Order, email: str | None) -> list[Hit]:
     rule = book.get("blocklist")
     if rule is None:
         return []
-    wanted = []
+    wanted: dict[str, list[str]] = {}
     if email:
         normalised = normalise_email(email)
-        wanted.append(("email", normalised))
         domain = normalised.rpartition("@")[2]
         parts = domain.split(".")
-        wanted += [("email_domain", ".".join(parts[i:])) for i in range(len(parts) - 1)]
+        wanted["email"] = [normalised]
+        domains = [".".join(parts[i:]) for i in range(len(parts) - 1)]
+        if domains:
+            wanted["email_domain"] = domains
     if order.device_id:
-        wanted.append(("device", order.device_id))
+        wanted["device"] = [order.device_id]
     if order.ip:
-        try:
-            address = ipaddress.ip_address(order.ip)
-            wanted += [("ip", str(ipaddress.ip_network(f"{address}/{bits}", strict=False)))
-                       for bits in range(address.max_prefixlen, -1, -1)]
-        except ValueError:
-            pass
+        networks = _ip_networks(order.ip)
+        if networks:
+            wanted["ip"] = list(networks)
     if not wanted:
         return []
-    conditions = [(BlockEntry.kind == kind) & (BlockEntry.value.in_([v for k, v in wanted if k == kind]))
-                  for kind in {k for k, _ in wanted}]
-    entries = session.scalars(select(BlockEntry).where(or_(*conditions)).order_by(BlockEntry.id)).all()
-    label = {"email": "email", "email_domain": "email domain", "ip": "IP", "device": "device"}
-    return [rule.hit(f"{label[e.kind]} is blocklisted ({e.value})" + (f": {e.reason}" if e.reason else ""))
+    shape = tuple((kind, len(values)) for kind, values in sorted(wanted.items()))
+    stmt = _BLOCKLIST.get(shape)
+    if stmt is None:
+        stmt = _BLOCKLIST[shape] = _blocklist_statement(shape)
+    entries = _run(session, stmt, {f"{kind}_{i}": value for kind, values in wanted.items()
+                                   for i, value in enumerate(values)}).all()
+    return [rule.hit(f"{BLOCK_LABELS[e.kind]} is blocklisted ({e.value})" + (f": {e.reason}" if e.reason else ""))
             for e in entries]
 
 
@@ -229,22 +285,36 @@ def _card_testing_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
     return [rule.hit("card testing: " + "; ".join(reasons))] if reasons else []
 
 
+def _product_burst_statement():
+    """How many of the product's newest ``ROW_CAP`` orders within the window there are, and
+    how many of them were unpaid at ``t`` (``_unpaid_at``): counted in the database."""
+    o = _orders
+    t = bindparam("t", type_=_at)
+    newest = (select(o.c.paid_at).where(o.c.product_id == bindparam("product_id"),
+                                        o.c.created_at >= bindparam("since", type_=_at), o.c.created_at <= t,
+                                        o.c.order_no != bindparam("order_no"))
+              .order_by(o.c.created_at.desc()).limit(ROW_CAP).subquery())
+    unpaid = or_(newest.c.paid_at.is_(None), newest.c.paid_at > t)
+    return select(func.count(), func.sum(case((unpaid, 1), else_=0))).select_from(newest)
+
+
+_PRODUCT_BURST = _product_burst_statement()
+
+
 def _product_burst_hits(session: Session, book: RuleBook, order: Order, rows: dict) -> list[Hit]:
     rule = book.get("product_burst")
     if rule is None:
         return []
     p, t = rule.params, order.created_at
-    recent = session.execute(
-        select(Order.paid_at).where(Order.product_id == order.product_id,
-                                    Order.created_at >= t - timedelta(seconds=p["window_s"]),
-                                    Order.created_at <= t, Order.order_no != order.order_no)
-        .order_by(Order.created_at.desc()).limit(ROW_CAP)).all()
-    unpaid = sum(1 for r in recent if _unpaid_at(r, t))
-    if unpaid < max(1, p["min_unpaid"]) or unpaid < p["unpaid_share"] * len(recent):
+    recent, unpaid = _run(session, _PRODUCT_BURST, {
+        "product_id": order.product_id, "since": t - timedelta(seconds=p["window_s"]), "t": t,
+        "order_no": order.order_no}).one()
+    unpaid = unpaid or 0
+    if unpaid < max(1, p["min_unpaid"]) or unpaid < p["unpaid_share"] * recent:
         return []
     if not _is_fresh(session, order, rows):
         return []
-    hits = [rule.hit(f"a new source during a burst: {unpaid} of the {len(recent)} orders of this product "
+    hits = [rule.hit(f"a new source during a burst: {unpaid} of the {recent} orders of this product "
                      f"within {p['window_s']}s are unpaid")]
     shared = book.get("burst_shared_ip")
     if shared is not None and "ip" in rows:
@@ -257,11 +327,26 @@ def _product_burst_hits(session: Session, book: RuleBook, order: Order, rows: di
     return hits
 
 
+_disposable_last: tuple[object, frozenset] | None = None
+
+
+def _disposable_domains(rule) -> frozenset:
+    """The rule's domains, normalised; worked out again whenever the rule object is another
+    (a ``RuleBook`` is never changed once built, see ``rules.rule_book``)."""
+    global _disposable_last
+    last = _disposable_last
+    if last is not None and last[0] is rule:
+        return last[1]
+    domains = frozenset(d.strip().lower().rstrip(".") for d in rule.params["domains"])
+    _disposable_last = (rule, domains)
+    return domains
+
+
 def _disposable_hits(book: RuleBook, order: Order) -> list[Hit]:
     rule = book.get("disposable_email")
     if rule is None or not order.email_domain:
         return []
-    domains = {d.strip().lower().rstrip(".") for d in rule.params["domains"]}
+    domains = _disposable_domains(rule)
     parts = order.email_domain.split(".")
     suffixes = {".".join(parts[i:]) for i in range(len(parts) - 1)}
     if suffixes & domains:
@@ -284,6 +369,11 @@ def _recent_unpaid_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
     return []
 
 
+_PAYER_PAID = select(func.count()).select_from(_orders).where(
+    _orders.c.payer_account == bindparam("payer"), _orders.c.paid_at >= bindparam("since", type_=_at),
+    _orders.c.paid_at <= bindparam("t", type_=_at))
+
+
 def _payer_velocity_hits(session: Session, book: RuleBook, order: Order, rows: dict) -> list[Hit]:
     rule = book.get("velocity_payer")
     if rule is None:
@@ -292,27 +382,35 @@ def _payer_velocity_hits(session: Session, book: RuleBook, order: Order, rows: d
     payers = {r.payer_account for column in ("device_id", "email_hash") for r in rows.get(column, ())
               if r.payer_account and r.created_at >= since}
     for payer in sorted(payers)[:5]:
-        count = session.scalar(select(func.count()).select_from(Order).where(
-            Order.payer_account == payer, Order.paid_at >= since, Order.paid_at <= order.created_at))
+        count = _run(session, _PAYER_PAID, {"payer": payer, "since": since, "t": order.created_at}).scalar()
         if count >= rule.params["limit"]:
             return [rule.hit(f"the payment account this buyer uses paid {count} orders within "
                              f"{rule.params['window_s']}s (limit {rule.params['limit']})")]
     return []
 
 
+FRESH_COLUMNS = ("device_id", "email_hash", "buyer_user_id")
+_EARLIER_ORDER: dict[tuple[str, ...], object] = {}  # by the columns the order has, each built once
+
+
 def _is_fresh(session: Session, order: Order, rows: dict) -> bool:
     """No earlier order from this device, email or logged-in user (an IP says too little)."""
     if rows.get("device_id") or rows.get("email_hash"):
         return False
-    conditions = [getattr(Order, c) == getattr(order, c) for c in ("device_id", "email_hash", "buyer_user_id")
-                  if getattr(order, c)]
-    if not conditions:
+    columns = tuple(c for c in FRESH_COLUMNS if getattr(order, c))
+    if not columns:
         return True
-    return session.scalar(select(Order.order_no).where(or_(*conditions), Order.created_at <= order.created_at,
-                                                       Order.order_no != order.order_no).limit(1)) is None
+    stmt = _EARLIER_ORDER.get(columns)
+    if stmt is None:
+        stmt = _EARLIER_ORDER[columns] = select(_orders.c.order_no).where(
+            or_(*[_orders.c[c] == bindparam(c) for c in columns]), _orders.c.created_at <= bindparam("t", type_=_at),
+            _orders.c.order_no != bindparam("order_no")).limit(1)
+    return _run(session, stmt, {**{c: getattr(order, c) for c in columns}, "t": order.created_at,
+                                  "order_no": order.order_no}).first() is None
 
 
-def _fresh_source_hits(session: Session, book: RuleBook, order: Order, product: Product | None, rows: dict) -> list[Hit]:
+def _fresh_source_hits(session: Session, book: RuleBook, order: Order, product, rows: dict) -> list[Hit]:
+    """``product``: its price, per-order maximum and running amount statistics (a row), or None."""
     amount_rule, quantity_rule = book.get("first_order_amount"), book.get("max_quantity_fresh")
     if amount_rule is None and quantity_rule is None:
         return []
@@ -345,12 +443,39 @@ def assess_order(session: Session, book: RuleBook, order: Order, email: str | No
                             "product_burst", "recent_unpaid")]
     windows.append(book.rules["card_testing"].params["open_window_s"])
     rows = _source_rows(session, order, max(windows))
-    product = session.get(Product, order.product_id)
+    product = _run(session, _PRODUCT_STATS, {"product_id": order.product_id}).first()
     return (_blocklist_hits(session, book, order, email) + _velocity_hits(book, order, rows)
             + _payer_velocity_hits(session, book, order, rows) + _card_testing_hits(book, order, rows)
             + _product_burst_hits(session, book, order, rows) + _disposable_hits(book, order)
             + _recent_unpaid_hits(book, order, rows)
             + _fresh_source_hits(session, book, order, product, rows))
+
+
+_products = Product.__table__
+_PRODUCT_STATS = select(_products.c.price_cents, _products.c.max_per_order, _products.c.orders_seen,
+                        _products.c.amount_sum_cents).where(_products.c.id == bindparam("product_id"))
+_BUMP_PRODUCT = _products.update().where(_products.c.id == bindparam("b_id")).values(
+    orders_seen=func.coalesce(_products.c.orders_seen, 0) + 1,
+    amount_sum_cents=func.coalesce(_products.c.amount_sum_cents, 0) + bindparam("b_amount", type_=BigInteger()))
+_NEW_PRODUCT = _products.insert().values(id=bindparam("b_id"), version=-1, orders_seen=1,
+                                         amount_sum_cents=bindparam("b_amount", type_=BigInteger()))
+
+
+def _learn_amount(session: Session, order: Order) -> None:
+    """One more order passed for the product: its running amount statistics."""
+    if session.identity_key(Product, order.product_id) not in session.identity_map \
+            and not any(isinstance(o, Product) for o in session.new):
+        params = {"b_id": order.product_id, "b_amount": order.amount_cents}
+        if _run(session, _BUMP_PRODUCT, params).rowcount == 0:
+            _run(session, _NEW_PRODUCT, params)
+        return
+    # this transaction holds the product as an object already (an earlier event of the batch)
+    product = session.get(Product, order.product_id)
+    if product is None:
+        product = Product(id=order.product_id, version=-1, orders_seen=0, amount_sum_cents=0)
+        session.add(product)
+    product.orders_seen = (product.orders_seen or 0) + 1
+    product.amount_sum_cents = (product.amount_sum_cents or 0) + order.amount_cents
 
 
 def _record(session: Session, kind: str, subject: str, decision: str, score: int, hits: list[Hit],
@@ -365,9 +490,13 @@ def reason_texts(reasons: list[dict]) -> list[str]:
     return [f"{r['rule']}: {r['reason']}" for r in reasons]
 
 
+_ORDER_KNOWN = select(_orders.c.order_no).where(_orders.c.order_no == bindparam("order_no"))
+
+
 def on_order_created(session: Session, p: dict) -> Decision | None:
     """Assess an order once and answer delivery with ``risk.order.assessed``."""
-    if session.get(Order, p["order_no"]) is not None:
+    if session.identity_key(Order, p["order_no"]) in session.identity_map or \
+            _run(session, _ORDER_KNOWN, {"order_no": p["order_no"]}).first() is not None:
         return None  # the same order announced again: it was assessed and answered already
     client = p.get("client") or {}
     email = p.get("email")
@@ -378,7 +507,7 @@ def on_order_created(session: Session, p: dict) -> Decision | None:
                   ip=_ip(client.get("ip")), device_id=client.get("device_id"),
                   buyer_user_id=p.get("buyer_user_id"), ref_code=p.get("ref_code"),
                   created_at=parse_time(p.get("created_at")), refunded=False)
-    book = RuleBook(session)
+    book = rule_book(session)
     hits = assess_order(session, book, order, email)
     decision, score = book.decide(hits)
     order.buyer_ref = order.buyer_user_id  # a guest is matched to a user only if a commission needs it
@@ -388,12 +517,7 @@ def on_order_created(session: Session, p: dict) -> Decision | None:
                                                                  ("device", order.device_id)], order.created_at)
         _rescreen_earner(session, order.buyer_user_id, added, order.created_at)
     if decision == "approve":  # the product's usual amount is learned from orders that pass
-        product = session.get(Product, order.product_id)
-        if product is None:
-            product = Product(id=order.product_id, version=-1, orders_seen=0, amount_sum_cents=0)
-            session.add(product)
-        product.orders_seen = (product.orders_seen or 0) + 1
-        product.amount_sum_cents = (product.amount_sum_cents or 0) + order.amount_cents
+        _learn_amount(session, order)
     row = _record(session, "order", order.order_no, decision, score, hits, order.created_at, order_no=order.order_no)
     _publish_order(session, order.order_no, decision, score, row.reasons)
     return row
@@ -411,7 +535,60 @@ def _order(session: Session, order_no: str) -> Order:
     return order
 
 
+def _held(session: Session, order_no: str) -> bool:
+    """Whether this transaction holds the order as an object already (an earlier event of
+    the same batch): then it is worked on as one, never behind its back with Core statements."""
+    if session.identity_key(Order, order_no) in session.identity_map:
+        return True
+    return any(isinstance(o, Order) for o in session.new)
+
+
+_o = _orders
+_PAID_STATE = select(_o.c.paid_at, _o.c.created_at, _o.c.buyer_user_id).where(_o.c.order_no == bindparam("order_no"))
+_SET_PAID = _o.update().where(_o.c.order_no == bindparam("b_order_no")).values(
+    paid_at=bindparam("b_paid_at", type_=_at), payer_account=bindparam("b_payer_account"))
+_HAS_EARNING = select(Earning.__table__.c.id).where(Earning.__table__.c.order_no == bindparam("order_no")).limit(1)
+# An order delivered: ``delivered_at`` (given, else when it was paid, else created) unless known,
+# and ``paid_at`` unless known. SET expressions read the row as it was, like on_order_delivered.
+_SET_DELIVERED = _o.update().where(_o.c.order_no == bindparam("b_order_no")).values(
+    delivered_at=func.coalesce(_o.c.delivered_at, bindparam("b_delivered_at", type_=_at), _o.c.paid_at, _o.c.created_at),
+    paid_at=func.coalesce(_o.c.paid_at, bindparam("b_paid_at", type_=_at)))
+
+
 def on_order_paid(session: Session, p: dict) -> None:
+    if _held(session, p["order_no"]):
+        return _on_order_paid(session, p)
+    state = _run(session, _PAID_STATE, {"order_no": p["order_no"]}).first()
+    if state is None:
+        raise NotReady(f"order {p['order_no']} not seen yet")
+    if state.paid_at is not None:
+        return
+    paid_at = parse_time(p.get("paid_at"), state.created_at)
+    payer_account = (p.get("payer_account") or None)
+    _run(session, _SET_PAID, {"b_order_no": p["order_no"], "b_paid_at": paid_at, "b_payer_account": payer_account})
+    if payer_account and state.buyer_user_id:
+        added = _add_fingerprints(session, state.buyer_user_id, [("payer", payer_account)], paid_at)
+        _rescreen_earner(session, state.buyer_user_id, added, paid_at)
+    if payer_account and _run(session, _HAS_EARNING, {"order_no": p["order_no"]}).first() is not None:
+        screen_commission(session, _order(session, p["order_no"]))  # the commission came first: look again
+
+
+def on_order_delivered(session: Session, p: dict) -> None:
+    if not _held(session, p["order_no"]):
+        try:
+            delivered_at = parse_time(p["delivered_at"]) if p.get("delivered_at") else None
+            paid_at = parse_time(p["paid_at"]) if p.get("paid_at") else None
+        except ValueError:
+            pass  # whether that matters depends on the order: decided as an object, below
+        else:
+            if _run(session, _SET_DELIVERED, {"b_order_no": p["order_no"], "b_delivered_at": delivered_at,
+                                                "b_paid_at": paid_at}).rowcount == 0:
+                raise NotReady(f"order {p['order_no']} not seen yet")
+            return
+    _on_order_delivered(session, p)
+
+
+def _on_order_paid(session: Session, p: dict) -> None:
     order = _order(session, p["order_no"])
     if order.paid_at is not None:
         return
@@ -424,7 +601,7 @@ def on_order_paid(session: Session, p: dict) -> None:
         screen_commission(session, order)  # the commission came first: look again with the payer
 
 
-def on_order_delivered(session: Session, p: dict) -> None:
+def _on_order_delivered(session: Session, p: dict) -> None:
     order = _order(session, p["order_no"])
     if order.delivered_at is None:
         order.delivered_at = parse_time(p.get("delivered_at"), order.paid_at or order.created_at)
@@ -547,7 +724,7 @@ def _rescreen_earner(session: Session, user_id: str, added: list[tuple[str, str]
     strong = [(kind, value) for kind, value in added if kind in columns]
     if not strong:
         return
-    rule = RuleBook(session).get("self_referral")
+    rule = rule_book(session).get("self_referral")
     if rule is None:
         return
     since = at - timedelta(seconds=rule.params["ip_lookback_s"])
@@ -565,7 +742,7 @@ def _rescreen_earner(session: Session, user_id: str, added: list[tuple[str, str]
 def screen_commission(session: Session, order: Order) -> None:
     """Flag (hold, never void) every line of the order whose earner looks like the buyer,
     and both sides' lines of a ring. A line is judged once: what the operator cleared stays cleared."""
-    book = RuleBook(session)
+    book = rule_book(session)
     earnings = list(session.scalars(select(Earning).where(Earning.order_no == order.order_no).order_by(Earning.level)))
     decided = set(session.scalars(select(Decision.user_id).where(Decision.kind == "commission",
                                                                  Decision.order_no == order.order_no)))
@@ -602,7 +779,7 @@ def on_withdrawal_requested(session: Session, p: dict) -> Decision | None:
     owner = p.get("owner") or f"user:{p.get('user_id')}"
     w = Withdrawal(id=p["withdrawal_id"], owner=owner, user_id=p.get("user_id"), amount_cents=p["amount_cents"],
                    fee_cents=p.get("fee_cents") or 0, destination_hash=p.get("destination_hash"), requested_at=at)
-    book = RuleBook(session)
+    book = rule_book(session)
     hits = assess_withdrawal(session, book, w, user)
     session.add(w)
     decision, score = book.decide(hits)

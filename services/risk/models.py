@@ -66,7 +66,8 @@ class Order(Base):
                       Index("ix_orders_device", "device_id", "created_at"),
                       Index("ix_orders_email", "email_hash", "created_at"),
                       Index("ix_orders_payer", "payer_account", "paid_at"),
-                      Index("ix_orders_buyer", "buyer_user_id"))
+                      Index("ix_orders_buyer", "buyer_user_id"),
+                      Index("ix_orders_product", "product_id", "created_at"))
     order_no: Mapped[str] = mapped_column(String(32), primary_key=True)
     product_id: Mapped[str] = mapped_column(String(40))
     merchant_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

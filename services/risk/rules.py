@@ -157,8 +157,11 @@ class Rule:
 class RuleBook:
     """Every rule as configured in this transaction: one query, then lookups."""
 
-    def __init__(self, session: Session):
-        rows = {row.name: row for row in session.scalars(select(RuleSetting))}
+    def __init__(self, session: Session | None, rows=None):
+        """``rows``: the settings already read (objects with name, enabled, score, params)."""
+        if rows is None:
+            rows = session.scalars(select(RuleSetting))
+        rows = {row.name: row for row in rows}
         self.rules: dict[str, Rule] = {}
         for name, spec in SPECS.items():
             row = rows.get(name)
@@ -183,6 +186,32 @@ class RuleBook:
         if score >= review_at:
             return "review", score
         return "approve", score
+
+
+_settings = RuleSetting.__table__
+# Built once: a statement object reused is compiled once and its cache key is memoised.
+_SETTINGS = select(_settings.c.name, _settings.c.enabled, _settings.c.score, _settings.c.params) \
+    .order_by(_settings.c.name)
+_last_book: tuple[list, RuleBook] | None = None
+
+
+def rule_book(session: Session) -> RuleBook:
+    """``RuleBook(session)``, reused while the ``rules`` table holds exactly the same settings.
+
+    The settings are read in every call (one small Core query, no ORM objects) and compared
+    in full with those the last book was built from: an operator's ``PUT /risk/v1/rules/<name>``
+    is seen by the very next event, as before. A book is never changed once built."""
+    global _last_book
+    if session.autoflush:  # what an ORM query would do first
+        session.flush()
+    rows = session.connection().execute(_SETTINGS).all()
+    key = [tuple(row) for row in rows]
+    last = _last_book
+    if last is not None and last[0] == key:
+        return last[1]
+    book = RuleBook(None, rows)
+    _last_book = (key, book)
+    return book
 
 
 def validate_params(spec: RuleSpec, params: dict) -> dict:
