@@ -41,9 +41,6 @@ class Database:
         try:
             yield session
             _insert_deferred(session)
-            channel = session.info.pop("notify_channel", None)
-            if channel and not self.is_sqlite:  # delivered by PostgreSQL only if this commits
-                session.connection().exec_driver_sql(f"NOTIFY {channel}")
             session.commit()
             for callback in session.info.pop("after_commit", ()):
                 callback()

@@ -23,7 +23,7 @@ from .bus import AmqpBus, MemoryBus
 from .config import Settings
 from .db import Database
 from .inbox import Consumer, Handlers
-from .outbox import NOTIFY_CHANNEL, Outbox, Relay, relay_wanted
+from .outbox import Outbox, Relay, relay_wanted
 
 log = logging.getLogger("linkshop.worker")
 
@@ -174,33 +174,6 @@ def _serve_health(spec: WorkerSpec, bus: AmqpBus, heartbeats: list[_Heartbeat], 
     return server
 
 
-def _listen_for_outbox_rows(spec: WorkerSpec, stop: threading.Event) -> None:
-    """LISTEN for the NOTIFY an API transaction sends with its outbox rows and wake the relay:
-    an event leaves within a millisecond or two of its commit, not at the next polling round.
-    The relay still polls (``LINKSHOP_RELAY_INTERVAL_S``), so a lost notification only delays."""
-    backoff = 0.5
-    while not stop.is_set():
-        try:
-            conn = spec.db.engine.raw_connection()
-            try:
-                driver = conn.driver_connection
-                driver.autocommit = True
-                driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                backoff = 0.5
-                while not stop.is_set():
-                    for _ in driver.notifies(timeout=1.0, stop_after=1):
-                        relay_wanted.set()
-            finally:
-                conn.invalidate()  # never back to the pool: it is LISTENing and in autocommit
-        except Exception as exc:
-            if stop.is_set():
-                return
-            log.warning("%s: outbox listener lost its connection (%r); the relay polls meanwhile",
-                        spec.service, exc)
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 10)
-
-
 def run_worker(spec: WorkerSpec, settings: Settings) -> None:
     """Real mode: consume, relay and run jobs until SIGTERM, then finish what is held and exit."""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -227,9 +200,6 @@ def run_worker(spec: WorkerSpec, settings: Settings) -> None:
         args=(spec.service, spec.consumer(), stop), kwargs={"on_tick": consume_beat.beat})
     consumer_thread.start()
     relay = Relay(spec.db, spec.outbox, bus)
-    if not spec.db.is_sqlite:
-        threading.Thread(target=_listen_for_outbox_rows, name="outbox-listener", args=(spec, stop),
-                         daemon=True).start()
     last_gauge = 0.0
     log.info("%s worker started (consumes %s)", spec.service, ", ".join(spec.handlers.types) or "nothing")
     while not stop.is_set():
