@@ -204,15 +204,17 @@ class Shop:
                 "done_at": t3, "waited_for_risk": waited_for_risk}
 
     def wait_delivered(self, order: dict, timeout_s: float = 30.0) -> tuple[str | None, float]:
-        """Poll the buyer's order page (as a buyer's browser would) until the keys are there."""
-        deadline, pause = time.perf_counter() + timeout_s, 0.002
+        """Poll the buyer's order page (as a buyer's browser would) until the keys are there:
+        often at first, then every 200 ms (faster polling by 32 buyers would be most of the
+        load; the server-side histogram gives the exact figure beside this one)."""
+        deadline, pause = time.perf_counter() + timeout_s, 0.005
         status = None
         while time.perf_counter() < deadline:
             status, _ = self.keys_of(order)
             if status == "delivered":
                 break
             time.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
+            pause = min(pause * 1.5, 0.2)
         return status, time.perf_counter()
 
     def keys_of(self, order: dict) -> tuple[str, list[str]]:
@@ -513,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         screened, screened_figures = [], None
         if local and args.screened_orders:
             restart_delivery(risk_required=None)
+            # (no server_* figures here: an order delivered when risk's decision arrives is
+            # counted by delivery's worker, whose metrics this bench does not scrape)
             screened, elapsed_s = run_load(shop, product_id, args.buyers, args.screened_orders)
             screened_figures = {**summarize(screened), "buyers": args.buyers, "elapsed_s": round(elapsed_s, 3),
                                 "orders_per_s": round(len([r for r in screened if "error" not in r]) / elapsed_s, 1)}
