@@ -115,25 +115,30 @@ def reusable_key_ids(session: Session, product_id: str) -> list[int]:
         .order_by(CardKey.id)))
 
 
-def _allocate(session: Session, order: Order, positions: list[int], keep_going: bool = False) -> bool:
+def _allocate(session: Session, order_no: str, product_id: str, positions, keep_going: bool = False,
+              reusable_keys: int | None = None) -> bool:
     """Give the order keys for ``positions``: all of them, or none (False). With
     ``keep_going`` a shortfall is undone by a savepoint, so the caller's transaction can go
-    on (a payment that must stand even when the keys are gone)."""
-    product = session.get(Product, order.product_id)
-    reusable = reusable_key_ids(session, order.product_id) if product is not None and product.reusable_keys else []
+    on (a payment that must stand even when the keys are gone). ``reusable_keys``: the
+    product's count, when the caller has read it already."""
+    positions = list(positions)
+    if reusable_keys is None:
+        product = session.get(Product, product_id)
+        reusable_keys = product.reusable_keys if product is not None else 0
+    reusable = reusable_key_ids(session, product_id) if reusable_keys else []
     if reusable:
-        rows = [{"order_no": order.order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
+        rows = [{"order_no": order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
                  "reusable": True, "active": True} for pos in positions]
     else:
         savepoint = session.begin_nested() if keep_going else None
-        ids = claim_keys(session, order.product_id, len(positions))
+        ids = claim_keys(session, product_id, len(positions))
         if len(ids) < len(positions):
             if savepoint is not None:
                 savepoint.rollback()
             return False
         if savepoint is not None:
             savepoint.commit()
-        rows = [{"order_no": order.order_no, "position": pos, "key_id": key_id, "reusable": False,
+        rows = [{"order_no": order_no, "position": pos, "key_id": key_id, "reusable": False,
                  "active": True} for pos, key_id in zip(positions, ids)]
     session.execute(insert(OrderKey), rows)
     return True
@@ -207,7 +212,6 @@ _TERMS = select(_P.c.merchant_id, _P.c.price_cents, _P.c.cost_cents, _P.c.curren
                 _M.c.status.label("merchant_status"), _M.c.fee_bps) \
     .join_from(_P, _M, _M.c.id == _P.c.merchant_id).where(_P.c.id == bindparam("product_id"))
 _INSERT_ORDER = insert(_O)
-_INSERT_ORDER_KEYS = insert(_OK)
 
 
 def _order_and_claim_statement():
@@ -262,18 +266,11 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
     order_no = values["order_no"]
     if terms.reusable_keys or not is_postgres(session):
         conn.execute(_INSERT_ORDER, values)
-        if terms.reusable_keys:
-            reusable = reusable_key_ids(session, data["product_id"])
-            rows = [{"order_no": order_no, "position": pos, "key_id": reusable[pos % len(reusable)],
-                     "reusable": True, "active": True} for pos in range(quantity)] if reusable else []
-        else:
-            ids = claim_keys(session, data["product_id"], quantity)
-            rows = [{"order_no": order_no, "position": pos, "key_id": key_id, "reusable": False, "active": True}
-                    for pos, key_id in enumerate(ids)]
-        if len(rows) < quantity:
-            raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
-        conn.execute(_INSERT_ORDER_KEYS, rows)
-    elif conn.execute(_ORDER_AND_CLAIM_PG, values).scalar() < quantity:
+        allocated = _allocate(session, order_no, values["product_id"], range(quantity),
+                              reusable_keys=terms.reusable_keys)
+    else:
+        allocated = conn.execute(_ORDER_AND_CLAIM_PG, values).scalar() == quantity
+    if not allocated:
         raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
     outbox.add(session, "delivery.order.created", {
         "order_no": order_no, "product_id": values["product_id"], "merchant_id": values["merchant_id"],
@@ -388,7 +385,7 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
     held = set(session.scalars(select(OrderKey.position).where(OrderKey.order_no == order.order_no,
                                                                 OrderKey.active.is_(True))))
     missing = [pos for pos in range(order.quantity) if pos not in held]
-    if missing and not _allocate(session, order, missing, keep_going=True):
+    if missing and not _allocate(session, order.order_no, order.product_id, missing, keep_going=True):
         if order.status != "awaiting_stock":
             order.status = "awaiting_stock"
             after_commit(session, lambda: metrics.orders.labels("awaiting_stock").inc())
