@@ -33,12 +33,14 @@ import http.client
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -153,6 +155,9 @@ class Shop:
     def __init__(self, catalog: str, delivery: str, sandbox_secret: str):
         self.catalog, self.delivery = Http(catalog), Http(delivery)
         self.secret = sandbox_secret.encode()
+        # New buyers each run: on a stack kept up between runs, risk would rightly hold the
+        # same emails and addresses ordering again for review (velocity rules).
+        self.run, self.address_base = secrets.token_hex(3), secrets.randbelow(1 << 24)
 
     def setup(self, token: str, keys: int, price_cents: int) -> tuple[str, list[str]]:
         status, merchant = self.catalog.json("POST", "/catalog/v1/merchants", {
@@ -180,9 +185,10 @@ class Shop:
 
     def purchase(self, product_id: str, n: int) -> dict:
         t0 = time.perf_counter()
+        a = (self.address_base + n) & 0xFFFFFF
         status, order = self.delivery.json("POST", "/delivery/v1/orders", {
-            "product_id": product_id, "quantity": 1, "email": f"buyer{n}@example.com"},
-            {"X-Forwarded-For": f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"})
+            "product_id": product_id, "quantity": 1, "email": f"buyer{n}-{self.run}@example.com"},
+            {"X-Forwarded-For": f"10.{a >> 16}.{a >> 8 & 255}.{a & 255}"})
         t1 = time.perf_counter()
         if status != 201:
             return {"error": f"order {status} {order.get('error', {}).get('code')}"}
@@ -324,28 +330,39 @@ def _inbox_depth(services) -> int:
     return total
 
 
-def run_purchase_path(shop: Shop, product_id: str, buyers: int, count: int) -> dict:
-    """The issue's comparison: the purchase path alone (catalog + delivery, each with its
-    worker, the outbox relayed to RabbitMQ with confirms). The other services' workers are
-    paused meanwhile (SIGSTOP: their events wait, durable, in their inboxes); afterwards they
-    resume and the time they take to work off the backlog is measured too."""
-    import signal
+@contextmanager
+def downstream_paused():
+    """The other services' workers stopped (SIGSTOP: their events wait, durable, in their
+    inboxes) for the duration; yields their pids by service."""
     pids = _worker_pids(DOWNSTREAM)
     for pid in pids.values():
         os.kill(pid, signal.SIGSTOP)
     try:
-        results, elapsed = run_load(shop, product_id, buyers, count)
+        yield pids
     finally:
         for pid in pids.values():
             os.kill(pid, signal.SIGCONT)
+
+
+def wait_drained(pids: dict[str, int], timeout_s: float) -> float:
+    """Seconds until the inboxes of ``pids``' services are empty (or ``timeout_s`` passed)."""
+    began = time.perf_counter()
+    while _inbox_depth(pids) and time.perf_counter() < began + timeout_s:
+        time.sleep(0.5)
+    return time.perf_counter() - began
+
+
+def run_purchase_path(shop: Shop, product_id: str, buyers: int, count: int) -> dict:
+    """The issue's comparison: the purchase path alone (catalog + delivery, each with its
+    worker, the outbox relayed to RabbitMQ with confirms), the other services' workers paused;
+    afterwards they resume and the time they take to work off the backlog is measured too."""
+    with downstream_paused() as pids:
+        results, elapsed = run_load(shop, product_id, buyers, count)
     figures = {**summarize(results), "results": results, "elapsed_s": round(elapsed, 3), "paused_workers": sorted(pids),
                "orders_per_s": round(len([r for r in results if "error" not in r]) / elapsed, 1) if elapsed else 0.0}
     try:
-        backlog, began = _inbox_depth(pids), time.perf_counter()
-        deadline = began + 600
-        while _inbox_depth(pids) and time.perf_counter() < deadline:
-            time.sleep(0.5)
-        drained = time.perf_counter() - began
+        backlog = _inbox_depth(pids)
+        drained = wait_drained(pids, 600)
         figures.update(downstream_backlog_events=backlog, downstream_drain_s=round(drained, 1),
                        downstream_events_per_s=round(backlog / drained, 1) if drained else None)
     except Exception as exc:  # the broker check is extra information, never a reason to fail
@@ -405,19 +422,12 @@ def cpu_ms_per_order(before: dict, after: dict, client_s: float, orders: int) ->
 def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int) -> list[dict]:
     """The purchase path (downstream workers paused, as in ``run_purchase_path``) at several
     numbers of concurrent buyers: where throughput levels off and what latency costs there."""
-    import signal
     points = []
-    pids = _worker_pids(DOWNSTREAM)
     for buyers in buyer_counts:
-        for pid in pids.values():
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with downstream_paused() as pids:
             cpu0, client0, busy0 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
             results, elapsed = run_load(shop, product_id, buyers, orders)
             cpu1, client1, busy1 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
-        finally:
-            for pid in pids.values():
-                os.kill(pid, signal.SIGCONT)
         figures = summarize(results)
         client_s = (client1.user + client1.system) - (client0.user + client0.system)
         point = {"buyers": buyers, "orders_per_s": round(figures["completed"] / elapsed, 1) if elapsed else 0.0,
@@ -433,9 +443,7 @@ def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int)
               f"CPU {point['cpu_ms_per_order'].get('total')} ms/order; other load {point['other_load_cores']} cores",
               flush=True)
         try:  # let the paused services work off their backlog before the next point
-            deadline = time.perf_counter() + 300
-            while _inbox_depth(pids) and time.perf_counter() < deadline:
-                time.sleep(0.5)
+            wait_drained(pids, 300)
         except Exception:
             pass
     return points
