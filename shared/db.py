@@ -6,13 +6,15 @@ upgrade its lock or, worse, act on a stale read. PostgreSQL uses row locks inste
 """
 from __future__ import annotations
 
+from collections import namedtuple
 from contextlib import contextmanager
 from typing import Iterator
 
 from datetime import timezone
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -112,6 +114,86 @@ def _insert_deferred(session: Session) -> None:
             writer.execute(conn, rows)
 
 
+class DriverStatement:
+    """A Core or ``text()`` statement run on the psycopg cursor under a session's connection
+    (the same transaction), compiled once. On the few statements every order runs,
+    SQLAlchemy's execution machinery cost more CPU than psycopg's own work (measured here:
+    139 µs against 78 µs per statement), so they skip it. Bind values pass through the column
+    types' bind processors as SQLAlchemy would pass them; errors come out as SQLAlchemy's
+    (``IntegrityError`` ...), and a dropped connection is invalidated. Rows are named tuples
+    when the statement names its columns, plain tuples otherwise. On SQLite (embedded mode)
+    the statement runs through SQLAlchemy as usual."""
+
+    def __init__(self, statement):
+        self.statement = statement
+        self._compiled = None
+        # Named rows from a class made once (psycopg's namedtuple_row reads the description
+        # of every result again), for statements that name their columns.
+        names = [c.key for c in getattr(statement, "selected_columns", ())]
+        self._row = namedtuple("Row", names, rename=True)._make if names else None
+
+    def execute(self, target: Session | Connection, params: dict):
+        conn = target.connection() if isinstance(target, Session) else target
+        dialect = conn.dialect
+        if dialect.name != "postgresql":
+            return conn.execute(self.statement, params)
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = self._compile(dialect)
+        sql, construct, processors = compiled
+        values = construct(params)
+        for name, process in processors:
+            values[name] = process(values[name])
+        dbapi_conn = conn.connection.dbapi_connection
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(sql, values)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_conn, cursor):
+                conn.invalidate(exc)
+            raise DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+        return _DriverResult(cursor, self._row)
+
+    def _compile(self, dialect):
+        compiled = self.statement.compile(dialect=dialect)
+        processors = []
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors.append((compiled.escaped_bind_names.get(name, name), process))
+        return compiled.string, compiled.construct_params, processors
+
+
+class _DriverResult:
+    """The part of SQLAlchemy's ``Result`` the callers of ``DriverStatement`` use."""
+
+    __slots__ = ("_cursor", "_row")
+
+    def __init__(self, cursor, row):
+        self._cursor, self._row = cursor, row
+
+    def first(self):
+        if not self._cursor.description:
+            return None
+        row = self._cursor.fetchone()
+        return self._row(row) if row is not None and self._row is not None else row
+
+    def scalar(self):
+        row = self.first()
+        return row[0] if row is not None else None
+
+    def scalars(self) -> list:
+        return [row[0] for row in self._cursor.fetchall()]
+
+    def all(self) -> list:
+        rows = self._cursor.fetchall()
+        return [self._row(row) for row in rows] if self._row is not None else rows
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
 class MultiRowInsert:
     """``INSERT INTO t (...) VALUES (...), (...)`` as text built once per row count.
 
@@ -123,25 +205,25 @@ class MultiRowInsert:
         """``suffix``: SQL after the VALUES list, e.g. an ``ON CONFLICT`` clause (the same
         text must be valid on PostgreSQL and SQLite)."""
         self.table, self.columns, self.returning, self.suffix = table, columns, returning or [], suffix
-        self._by_rows: dict[int, object] = {}
+        self._by_rows: dict[int, DriverStatement] = {}
 
-    def statement(self, rows: int):
+    def statement(self, rows: int) -> DriverStatement:
         stmt = self._by_rows.get(rows)
         if stmt is None:
             values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in self.columns) + ")" for i in range(rows))
             sql = f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES {values} {self.suffix}".rstrip()
             if self.returning:
                 sql += f" RETURNING {', '.join(self.returning)}"
-            stmt = text(sql).bindparams(*[bindparam(f"{c}_{i}", type_=self.table.c[c].type)
-                                          for i in range(rows) for c in self.columns])
+            clause = text(sql).bindparams(*[bindparam(f"{c}_{i}", type_=self.table.c[c].type)
+                                            for i in range(rows) for c in self.columns])
             if self.returning:
-                stmt = stmt.columns(*[self.table.c[c] for c in self.returning])
-            self._by_rows[rows] = stmt
+                clause = clause.columns(*[self.table.c[c] for c in self.returning])
+            stmt = self._by_rows[rows] = DriverStatement(clause)
         return stmt
 
     def execute(self, conn, rows: list[dict]):
         params = {f"{c}_{i}": row[c] for i, row in enumerate(rows) for c in self.columns}
-        return conn.execute(self.statement(len(rows)), params)
+        return self.statement(len(rows)).execute(conn, params)
 
 
 class InsertIgnoringConflicts(MultiRowInsert):

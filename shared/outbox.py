@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 
-from sqlalchemy import (BigInteger, Column, Index, Integer, MetaData, String, Table, Text,
+from sqlalchemy import (BigInteger, Column, Index, Integer, MetaData, String, Table, Text, bindparam,
                         func, select, text, update)
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,8 @@ relay_wanted = threading.Event()
 
 
 class Outbox:
+    COLUMNS = ("event_id", "type", "body", "created_at")
+
     def __init__(self, metadata: MetaData, producer: str):
         self.producer = producer
         self.table = Table(
@@ -37,10 +39,18 @@ class Outbox:
               sqlite_where=self.table.c.sent_at.is_(None))
 
     def add(self, session: Session, type_: str, payload: dict, correlation_id: str | None = None) -> dict:
-        envelope = make_envelope(type_, payload, producer=self.producer, correlation_id=correlation_id)
-        defer_insert(session, self.table, {"event_id": envelope["id"], "type": type_,
-                                           "body": json.dumps(envelope, separators=(",", ":")),
-                                           "created_at": utcnow()})
+        """Insert the event at the commit of ``session``'s transaction; returns its envelope."""
+        return self.add_row(session, self.row(type_, payload, correlation_id))
+
+    def add_row(self, session: Session, row: dict) -> dict:
+        """``add`` for a row built beforehand with ``row``."""
+        defer_insert(session, self.table, {c: row[c] for c in self.COLUMNS})
+        self.written(session)
+        return row["envelope"]
+
+    def written(self, session: Session) -> None:
+        """Outbox rows are part of this transaction (``add`` calls it; so must a caller that
+        inserts rows itself)."""
         if not session.info.get("outbox_wakes"):
             # A worker's consumer wakes its own relay as soon as it commits: an event that
             # answers another (risk's decision) leaves at once, not at the next polling round.
@@ -48,7 +58,27 @@ class Outbox:
             # 2 ms of CPU per order at load in smaller batches; the APIs' events wait for the poll.)
             session.info["outbox_wakes"] = True
             after_commit(session, relay_wanted.set)
-        return envelope
+
+    def row(self, type_: str, payload: dict, correlation_id: str | None = None) -> dict:
+        """The outbox row of an event (and, under ``envelope``, the event itself; not a
+        column). ``add`` inserts it at the commit; a hot path may instead insert it in its own
+        statement (``inline_values``), which must run in the same transaction as the change."""
+        envelope = make_envelope(type_, payload, producer=self.producer, correlation_id=correlation_id)
+        return {"event_id": envelope["id"], "type": type_, "body": json.dumps(envelope, separators=(",", ":")),
+                "created_at": utcnow(), "envelope": envelope}
+
+    def inline_values(self, count: int, prefix: str = "outbox") -> tuple[str, list]:
+        """``INSERT INTO outbox ... SELECT ... FROM (VALUES ...)`` for ``count`` rows, to embed
+        in a caller's statement (PostgreSQL ``WITH``), and its typed bind parameters; fill
+        them with ``inline_params``. The caller may append a ``WHERE`` to the SELECT."""
+        columns = list(self.COLUMNS)
+        values = ", ".join("(" + ", ".join(f":{prefix}{i}_{c}" for c in columns) + ")" for i in range(count))
+        sql = (f"INSERT INTO {self.table.name} ({', '.join(columns)}) "
+               f"SELECT * FROM (VALUES {values}) AS announced ({', '.join(columns)})")
+        return sql, [bindparam(f"{prefix}{i}_{c}", type_=self.table.c[c].type) for i in range(count) for c in columns]
+
+    def inline_params(self, rows: list[dict], prefix: str = "outbox") -> dict:
+        return {f"{prefix}{i}_{c}": row[c] for i, row in enumerate(rows) for c in self.COLUMNS}
 
     def prune(self, session: Session, sent_before, limit: int = 5000) -> int:
         """Delete up to ``limit`` rows sent before ``sent_before``, oldest first (walking the

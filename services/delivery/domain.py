@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from shared import metrics
 from shared.errors import ApiError
 from shared.auth import hash_secret
-from shared.db import InsertIgnoringConflicts, after_commit, is_postgres
+from shared.db import DriverStatement, InsertIgnoringConflicts, after_commit, is_postgres
 from shared.events import utcnow
 from shared.projection import merchant_for_token as projected_merchant_for_token
 from shared.projection import replace_key_hashes, upsert_newer
@@ -207,17 +207,19 @@ def check_query_password(password: str, stored: str | None) -> bool:
 
 
 _P, _M, _O, _OK = Product.__table__, Merchant.__table__, Order.__table__, OrderKey.__table__
-_TERMS = select(_P.c.merchant_id, _P.c.price_cents, _P.c.cost_cents, _P.c.currency, _P.c.status,
-                _P.c.max_per_order, _P.c.commission, _P.c.reusable_keys,
-                _M.c.status.label("merchant_status"), _M.c.fee_bps) \
-    .join_from(_P, _M, _M.c.id == _P.c.merchant_id).where(_P.c.id == bindparam("product_id"))
+_TERMS = DriverStatement(
+    select(_P.c.merchant_id, _P.c.price_cents, _P.c.cost_cents, _P.c.currency, _P.c.status, _P.c.max_per_order,
+           _P.c.commission, _P.c.reusable_keys, _M.c.status.label("merchant_status"), _M.c.fee_bps)
+    .join_from(_P, _M, _M.c.id == _P.c.merchant_id).where(_P.c.id == bindparam("product_id")))
 _INSERT_ORDER = insert(_O)
 
 
 def _order_and_claim_statement():
-    """PostgreSQL: insert the order, claim its keys and record them in one statement (one
-    round trip instead of three). Returns how many keys were claimed; the caller checks."""
+    """PostgreSQL: insert the order, claim its keys, record them and write the
+    ``delivery.order.created`` outbox row in one statement (one round trip instead of four).
+    Returns how many keys were claimed; the caller checks, and a shortfall rolls it all back."""
     columns = [c.name for c in _O.columns]
+    announce, announce_binds = outbox.inline_values(1)
     return text(f"""
         WITH new_order AS (
             INSERT INTO orders ({", ".join(columns)}) VALUES ({", ".join(":" + c for c in columns)})
@@ -230,19 +232,21 @@ def _order_and_claim_statement():
         sold AS (
             INSERT INTO order_keys (order_no, position, key_id, reusable, active)
             SELECT (SELECT order_no FROM new_order), row_number() OVER (ORDER BY key_id) - 1, key_id, false, true
-            FROM claimed RETURNING key_id)
-        SELECT count(*) FROM sold""").bindparams(*[bindparam(c.name, type_=c.type) for c in _O.columns])
+            FROM claimed RETURNING key_id),
+        announced AS ({announce})
+        SELECT count(*) FROM sold""").bindparams(*[bindparam(c.name, type_=c.type) for c in _O.columns],
+                                                 *announce_binds)
 
 
-_ORDER_AND_CLAIM_PG = _order_and_claim_statement()
+_ORDER_AND_CLAIM_PG = DriverStatement(_order_and_claim_statement())
 
 
 def create_order(session: Session, settings, data: dict, client: dict, provider: str,
                  now: datetime) -> tuple[Order, str]:
-    """The hottest write path, so it speaks Core, not the ORM: four statements and a commit.
-    The returned ``Order`` is a detached snapshot of the row, for the response."""
+    """The hottest write path, so it speaks Core, not the ORM: on PostgreSQL two statements
+    and a commit. The returned ``Order`` is a detached snapshot of the row, for the response."""
     conn = session.connection()
-    terms = conn.execute(_TERMS, {"product_id": data["product_id"]}).first()
+    terms = _TERMS.execute(conn, {"product_id": data["product_id"]}).first()
     if terms is None or terms.status != "active" or terms.merchant_status != "active":
         raise ApiError(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
     quantity = data["quantity"]
@@ -264,21 +268,25 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
         risk_decision=None, refunded_quantity=0, refunded_cents=0, created_at=now,
         expires_at=now + timedelta(seconds=settings.reservation_seconds), paid_at=None, delivered_at=None)
     order_no = values["order_no"]
-    if terms.reusable_keys or not is_postgres(session):
-        conn.execute(_INSERT_ORDER, values)
-        allocated = _allocate(session, order_no, values["product_id"], range(quantity),
-                              reusable_keys=terms.reusable_keys)
-    else:
-        allocated = conn.execute(_ORDER_AND_CLAIM_PG, values).scalar() == quantity
-    if not allocated:
-        raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
-    outbox.add(session, "delivery.order.created", {
+    created = outbox.row("delivery.order.created", {
         "order_no": order_no, "product_id": values["product_id"], "merchant_id": values["merchant_id"],
         "quantity": quantity, "amount_cents": values["amount_cents"], "currency": values["currency"],
         "email": values["email"], "buyer_user_id": values["buyer_user_id"], "ref_code": values["ref_code"],
         "client": {"ip": values["client_ip"], "device_id": values["device_id"], "user_agent": values["user_agent"]},
         "created_at": now.isoformat(),
     }, order_no)
+    if terms.reusable_keys or conn.dialect.name != "postgresql":
+        conn.execute(_INSERT_ORDER, values)
+        allocated = _allocate(session, order_no, values["product_id"], range(quantity),
+                              reusable_keys=terms.reusable_keys)
+        if allocated:
+            outbox.add_row(session, created)
+    else:
+        allocated = _ORDER_AND_CLAIM_PG.execute(conn, {**values, **outbox.inline_params([created])}).scalar()
+        allocated = allocated == quantity
+        outbox.written(session)
+    if not allocated:
+        raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
     after_commit(session, lambda: metrics.orders.labels("pending").inc())
     return Order(**values), token
 
@@ -313,22 +321,52 @@ def _reject_callback(provider: str, reason: str, status: int, code: str, message
 
 _Pay = Payment.__table__
 # SQLite compiles FOR UPDATE away: it has one writer anyway (BEGIN IMMEDIATE).
-_ORDER_LOCKED = select(_O).where(_O.c.order_no == bindparam("order_no")).with_for_update()
+_ORDER_LOCKED = DriverStatement(select(_O).where(_O.c.order_no == bindparam("order_no")).with_for_update())
+_PAYMENT_COLUMNS = ["provider", "txn_id", "order_no", "amount_cents", "currency", "status", "received_at"]
 # The unique (provider, txn_id) decides what is a replay, not a look-up before the insert.
-_RECORD_PAYMENT = InsertIgnoringConflicts(
-    _Pay, ["provider", "txn_id", "order_no", "amount_cents", "currency", "status", "received_at"],
-    key=["provider", "txn_id"], returning=["id"])
-_SET_ORDER_PAID = update(_O).where(_O.c.order_no == bindparam("key")) \
-    .values(status=bindparam("status"), paid_at=bindparam("paid_at"), delivered_at=bindparam("delivered_at"))
+_RECORD_PAYMENT = InsertIgnoringConflicts(_Pay, _PAYMENT_COLUMNS, key=["provider", "txn_id"], returning=["id"])
+_SET_ORDER_PAID = DriverStatement(update(_O).where(_O.c.order_no == bindparam("key")).values(
+    status=bindparam("status"), paid_at=bindparam("paid_at"), delivered_at=bindparam("delivered_at")))
+
+
+def _pay_and_sell_statement(events: int) -> DriverStatement:
+    """PostgreSQL, a pending order paid in full: record the payment, mark the order paid (or
+    delivered) and write its ``events`` outbox rows in one statement. The unique (provider,
+    txn_id) still decides: on a replay nothing but the failed insert happens, and it returns 0."""
+    announce, announce_binds = outbox.inline_values(events)
+    payment_binds = [bindparam(f"payment_{c}", type_=_Pay.c[c].type) for c in _PAYMENT_COLUMNS]
+    return DriverStatement(text(f"""
+        WITH recorded AS (
+            INSERT INTO {_Pay.name} ({", ".join(_PAYMENT_COLUMNS)})
+            VALUES ({", ".join(":payment_" + c for c in _PAYMENT_COLUMNS)})
+            ON CONFLICT (provider, txn_id) DO NOTHING RETURNING id),
+        sold AS (
+            UPDATE orders SET status = :order_status, paid_at = :paid_at, delivered_at = :delivered_at
+            WHERE order_no = :payment_order_no AND EXISTS (SELECT FROM recorded)),
+        announced AS ({announce} WHERE EXISTS (SELECT FROM recorded))
+        SELECT count(*) FROM recorded""").bindparams(
+        *payment_binds, bindparam("order_status", type_=_O.c.status.type),
+        bindparam("paid_at", type_=_O.c.paid_at.type), bindparam("delivered_at", type_=_O.c.delivered_at.type),
+        *announce_binds))
+
+
+_PAY_AND_SELL = {1: _pay_and_sell_statement(1), 2: _pay_and_sell_statement(2)}
+
+
+def _paid_payload(order, provider: str, notice, now: datetime) -> dict:
+    return {"order_no": order.order_no, "amount_cents": order.amount_cents, "currency": order.currency,
+            "provider": provider, "provider_txn_id": notice.txn_id, "paid_at": now.isoformat(),
+            "payer_account": getattr(notice, "payer_account", None)}
 
 
 def apply_payment(session: Session, settings, provider: str, notice, now: datetime) -> str:
     """Apply a verified payment notice under a lock on the order row; returns the outcome.
 
-    The common case (a pending order whose keys are all reserved) runs in Core: lock, record
-    the payment, one UPDATE, the outbox rows. Anything else goes through the ORM path."""
+    The common case (a pending order whose keys are all reserved, paid in full) is one
+    statement after the lock on PostgreSQL and Core on SQLite; anything else goes through
+    the ORM path."""
     conn = session.connection()
-    order = conn.execute(_ORDER_LOCKED, {"order_no": notice.order_no}).first()
+    order = _ORDER_LOCKED.execute(conn, {"order_no": notice.order_no}).first()
     if order is None:
         raise _reject_callback(provider, "unknown_order", 404, "not_found", "order not found")
     if order.provider != provider:
@@ -336,6 +374,10 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
                                "the order was not created for this provider")
     if notice.status != "paid":
         return "ignored"
+    gate = risk_gate(order, settings)
+    in_full = notice.amount_cents == order.amount_cents and notice.currency == order.currency
+    if in_full and order.status == "pending" and gate != "reject" and conn.dialect.name == "postgresql":
+        return _pay_and_sell(session, conn, order, provider, notice, now, gate)
     payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
     recorded = _RECORD_PAYMENT.execute(conn, [{
         "provider": provider, "txn_id": notice.txn_id, "order_no": order.order_no,
@@ -344,24 +386,19 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
     if recorded is None:
         metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
         return "replay"
-    if notice.amount_cents != order.amount_cents or notice.currency != order.currency:
+    if not in_full:
         raise _reject_callback(provider, "amount_mismatch", 422, "amount_mismatch",
                                "amount or currency does not match the order")  # the rollback drops the payment
     if not payable:
         # A second payment of a paid order: recorded for the merchant to refund, never delivered again.
         metrics.payment_callbacks_rejected.labels(provider, "duplicate_payment").inc()
         return "duplicate_payment"
-    outbox.add(session, "delivery.order.paid", {
-        "order_no": order.order_no, "amount_cents": order.amount_cents, "currency": order.currency,
-        "provider": provider, "provider_txn_id": notice.txn_id, "paid_at": now.isoformat(),
-        "payer_account": getattr(notice, "payer_account", None),
-    }, order.order_no)
+    outbox.add(session, "delivery.order.paid", _paid_payload(order, provider, notice, now), order.order_no)
     after_commit(session, lambda: metrics.orders.labels("paid").inc())
-    gate = risk_gate(order, settings)
     if order.status == "pending" and gate != "reject":
         # A pending order holds all its keys: selling them is just the status change.
         delivered_at = utcnow() if gate == "approve" else None
-        conn.execute(_SET_ORDER_PAID, {"key": order.order_no, "status": "delivered" if delivered_at else "paid",
+        _SET_ORDER_PAID.execute(conn, {"key": order.order_no, "status": "delivered" if delivered_at else "paid",
                                        "paid_at": now, "delivered_at": delivered_at})
         if delivered_at is not None:
             _announce_delivery(session, order, now, delivered_at)
@@ -370,6 +407,28 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
     orm_order.status, orm_order.paid_at = "paid", now
     fulfil(session, settings, orm_order, now)
     return orm_order.status
+
+
+def _pay_and_sell(session: Session, conn, order, provider: str, notice, now: datetime, gate: str) -> str:
+    delivered_at = utcnow() if gate == "approve" else None
+    events = [outbox.row("delivery.order.paid", _paid_payload(order, provider, notice, now), order.order_no)]
+    if delivered_at is not None:
+        events.append(outbox.row("delivery.order.delivered", _delivered_payload(order, now, delivered_at),
+                                 order.order_no))
+    recorded = _PAY_AND_SELL[len(events)].execute(conn, {
+        **{f"payment_{c}": v for c, v in zip(_PAYMENT_COLUMNS, (
+            provider, notice.txn_id, order.order_no, notice.amount_cents, notice.currency, "applied", now))},
+        "order_status": "delivered" if delivered_at else "paid", "paid_at": now, "delivered_at": delivered_at,
+        **outbox.inline_params(events)}).scalar()
+    if not recorded:
+        metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
+        return "replay"
+    outbox.written(session)
+    after_commit(session, lambda: metrics.orders.labels("paid").inc())
+    if delivered_at is None:
+        return "paid"
+    _observe_delivery(session, order, now)
+    return "delivered"
 
 
 def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
@@ -395,15 +454,24 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
     _announce_delivery(session, order, order.paid_at, delivered_at)
 
 
-def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at: datetime) -> None:
+def _delivered_payload(order, paid_at: datetime, delivered_at: datetime) -> dict:
     """``order``: the ORM object or a row of the orders table, read alike."""
-    outbox.add(session, "delivery.order.delivered", {
+    return {
         "order_no": order.order_no, "product_id": order.product_id, "merchant_id": order.merchant_id,
         "quantity": order.quantity, "amount_cents": order.amount_cents, "cost_cents": order.cost_cents,
         "currency": order.currency, "fee_bps": order.fee_bps, "commission": order.commission,
         "provider": order.provider, "buyer_user_id": order.buyer_user_id, "ref_code": order.ref_code,
         "email": order.email, "paid_at": paid_at.isoformat(), "delivered_at": delivered_at.isoformat(),
-    }, order.order_no)
+    }
+
+
+def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at: datetime) -> None:
+    outbox.add(session, "delivery.order.delivered", _delivered_payload(order, paid_at, delivered_at),
+               order.order_no)
+    _observe_delivery(session, order, paid_at)
+
+
+def _observe_delivery(session: Session, order, paid_at: datetime) -> None:
     amount, currency = order.amount_cents, order.currency
 
     def observe():  # from the payment notice's arrival to the commit that delivered the keys
