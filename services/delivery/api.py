@@ -136,12 +136,18 @@ def create_order():
             raise ApiError(401, "unauthorized", "the user token is invalid or expired")
     if data.get("query_password"):  # slow on purpose, so it runs outside the transaction
         data["query_password_hash"] = domain.hash_query_password(data.pop("query_password"))
-    with c.db.write() as s:
-        order, token = domain.create_order(s, c.settings, data, _client(), "sandbox", utcnow())
-        body = {"order_no": order.order_no, "access_token": token, "amount_cents": order.amount_cents,
-                "currency": order.currency, "status": order.status, "quantity": order.quantity,
-                "expires_at": order.expires_at.isoformat(),
-                "payment": {"provider": order.provider, "pay_url": _pay_url(order.order_no, token)}}
+    for attempt in (1, 2, 3):
+        try:
+            with c.db.write() as s:
+                order, token = domain.create_order(s, c.settings, data, _client(), "sandbox", utcnow())
+            break
+        except IntegrityError:  # the order number was taken (see new_order_no): a new one, a new transaction
+            if attempt == 3:
+                raise
+    body = {"order_no": order.order_no, "access_token": token, "amount_cents": order.amount_cents,
+            "currency": order.currency, "status": order.status, "quantity": order.quantity,
+            "expires_at": order.expires_at.isoformat(),
+            "payment": {"provider": order.provider, "pay_url": _pay_url(order.order_no, token)}}
     return jsonify(body), 201
 
 

@@ -189,7 +189,10 @@ def rotate_vault(session: Session, vault: Vault, batch: int = 1000) -> int:
 # -- orders ----------------------------------------------------------------------------------
 
 def new_order_no(now: datetime) -> str:
-    return f"{now:%y%m%d%H%M%S}{secrets.randbelow(10**8):08d}"
+    """The second it was made and 12 random digits. (8 digits collided: at 250 orders a second
+    that is a 3% chance in a 100-second run, seen in the benchmark. The order's primary key
+    refuses a collision and the API retries with a new number.)"""
+    return f"{now:%y%m%d%H%M%S}{secrets.randbelow(10**12):012d}"
 
 
 def hash_query_password(password: str) -> str:

@@ -42,6 +42,18 @@ def test_bad_orders_are_4xx_and_change_nothing(shop):
     assert summary["available"] == 3
 
 
+def test_an_order_number_already_taken_is_drawn_again(shop, monkeypatch):
+    merchant, pid = _stocked(shop)
+    first = shop.order(pid).json["order_no"]
+    drawn = iter([first, first, "261122080000000000000001"])
+    monkeypatch.setattr(domain, "new_order_no", lambda now: next(drawn))
+    r = shop.order(pid)
+    assert r.status_code == 201 and r.json["order_no"] == "261122080000000000000001"
+    with shop.system.apps["delivery"].extensions["linkshop"].db.read() as s:
+        assert s.query(Order).count() == 2
+    assert shop.delivery.get(f"/delivery/v1/products/{pid}/keys", headers=merchant).json["available"] == 1
+
+
 def test_out_of_stock_is_409(shop):
     _, pid = _stocked(shop, keys=["ONLY"])
     assert shop.order(pid).status_code == 201
