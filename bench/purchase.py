@@ -21,6 +21,9 @@ moment the buyer's keys are there (the bench checks the outcome says ``delivered
 it, the ``server_*`` figures come from delivery's own ``linkshop_delivery_latency_seconds``
 histogram (scraped before and after each phase; quantiles interpolated within buckets).
 
+Where the PostgreSQL server runs without autovacuum (this machine's does), each phase starts
+with a VACUUM ANALYZE of the service databases, as autovacuum would have done by then.
+
 The load client runs on the same cores as the services (as in the issue's reference figures);
 it uses keep-alive ``http.client`` connections, which cost far less CPU than ``requests``.
 """
@@ -120,6 +123,29 @@ def restart_delivery(risk_required: bool | None, behind_proxy: bool = True) -> N
     if risk_required is not None:
         overrides["LINKSHOP_RISK_REQUIRED"] = str(risk_required).lower()
     stack.restart_service("delivery", overrides or None)
+
+
+def vacuum_databases() -> bool | None:
+    """VACUUM ANALYZE every service database of the local stack, when the server runs without
+    autovacuum (as this machine's does): there a long run leaves dead rows behind every update
+    of orders, outbox and products, and each phase would pay for the earlier ones. Returns
+    whether autovacuum is on (None: could not tell)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+    from scripts.stack import build_env, database_urls
+    env, _ = build_env(run_dir=RUN_DIR)
+    autovacuum = None
+    for url in database_urls(env).values():
+        u = make_url(url)
+        try:
+            with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
+                                 dbname=u.database, autocommit=True) as conn:
+                autovacuum = conn.execute("SHOW autovacuum").fetchone()[0] == "on"
+                if not autovacuum:
+                    conn.execute("VACUUM ANALYZE")
+        except psycopg.Error as exc:
+            print(f"  (vacuum skipped: {exc})", flush=True)
+    return autovacuum
 
 
 def source_version() -> str | None:
@@ -424,6 +450,7 @@ def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int)
     numbers of concurrent buyers: where throughput levels off and what latency costs there."""
     points = []
     for buyers in buyer_counts:
+        vacuum_databases()
         with downstream_paused() as pids:
             cpu0, client0, busy0 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
             results, elapsed = run_load(shop, product_id, buyers, orders)
@@ -496,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"set-up: product {product_id}, {len(imported)} keys imported in {time.perf_counter() - t:.1f}s",
               flush=True)
 
+        autovacuum = vacuum_databases()
         warm = run_single(shop, product_id, args.warmup)
         h0 = latency_buckets(shop)
         single = run_single(shop, product_id, args.single)
@@ -504,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"one buyer: paid->delivered p50 {s['paid_to_delivered_p50_ms']} ms, "
               f"p99 {s['paid_to_delivered_p99_ms']} ms ({s['completed']} purchases)", flush=True)
 
+        vacuum_databases()
         load, elapsed = run_load(shop, product_id, args.buyers, args.orders)
         l_ = {**summarize(load), **server_side(h1, latency_buckets(shop))}
         orders_per_s = l_["completed"] / elapsed if elapsed else 0.0
@@ -511,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
               f"paid->delivered p50 {l_['paid_to_delivered_p50_ms']} ms, p99 {l_['paid_to_delivered_p99_ms']} ms",
               flush=True)
 
+        vacuum_databases()
         path_only = run_purchase_path(shop, product_id, args.buyers, args.orders)
         print(f"{args.buyers} buyers, purchase path only: {path_only['orders_per_s']} orders/s, paid->delivered "
               f"p50 {path_only['paid_to_delivered_p50_ms']} ms, p99 {path_only['paid_to_delivered_p99_ms']} ms; "
@@ -523,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         screened, screened_figures = [], None
         if local and args.screened_orders:
             restart_delivery(risk_required=None)
+            vacuum_databases()
             # (no server_* figures here: an order delivered when risk's decision arrives is
             # counted by delivery's worker, whose metrics this bench does not scrape)
             screened, elapsed_s = run_load(shop, product_id, args.buyers, args.screened_orders)
@@ -566,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
                       "web_threads": int(os.environ.get("LINKSHOP_WEB_THREADS", 8)),
                       "started_by_bench": started},
             "nproc": machine()["cpus"],
+            # False: the server runs without autovacuum, so the bench vacuumed before each phase
+            "postgres_autovacuum": autovacuum,
             "commit": source_version(),
             "paid_to_delivered": "client side: round trip of the signed payment callback, which sells the keys "
                                  "in its transaction (with risk screening on and no decision yet: until the "

@@ -40,10 +40,13 @@ class MemoryBus:
         self.dead: dict[str, list[bytes]] = {svc: [] for svc in topology.CONSUMES}
 
     def publish(self, envelopes: list[dict]) -> None:
+        self.publish_serialized([(e["id"], e["type"], json.dumps(e).encode()) for e in envelopes])
+
+    def publish_serialized(self, events: list[tuple[str, str, bytes]]) -> None:
+        """``publish`` for events already in their JSON form: (id, type, body)."""
         with self._lock:
-            for envelope in envelopes:
-                body = json.dumps(envelope).encode()
-                for service in topology.consumers_of(envelope["type"]):
+            for _event_id, type_, body in events:
+                for service in topology.consumers_of(type_):
                     self._queues[service].append((body, 1, 0.0))
 
     def inject(self, service: str, body: bytes) -> None:
@@ -154,13 +157,17 @@ class AmqpBus:
         return publisher
 
     def publish(self, envelopes: list[dict]) -> None:
-        """Publish the lot, then wait for all their confirms at once (a round trip per batch,
-        not per message). Any failure raises: the caller's outbox rows stay unsent and go
-        again, whole; consumers drop what had arrived already. A connection the broker has
-        closed since the last batch is replaced once, here, before giving up."""
+        self.publish_serialized([(e["id"], e["type"], json.dumps(e, separators=(",", ":")).encode())
+                                 for e in envelopes])
+
+    def publish_serialized(self, events: list[tuple[str, str, bytes]]) -> None:
+        """Publish the lot, (id, type, JSON body) each, then wait for all their confirms at once
+        (a round trip per batch, not per message). Any failure raises: the caller's outbox rows
+        stay unsent and go again, whole; consumers drop what had arrived already. A connection
+        the broker has closed since the last batch is replaced once, here, before giving up."""
         for attempt in (1, 2):
             try:
-                self._publisher().publish_confirmed(envelopes, self.CONFIRM_TIMEOUT_S)
+                self._publisher().publish_confirmed(events, self.CONFIRM_TIMEOUT_S)
                 return
             except Exception:
                 self.close_publisher()
@@ -312,15 +319,14 @@ class _ConfirmingChannel:
         # block every later event behind it. It is logged and counted, not retried.
         self.bus._on_return(routing_key)
 
-    def publish_confirmed(self, envelopes: list[dict], timeout_s: float) -> None:
+    def publish_confirmed(self, events: list[tuple[str, str, bytes]], timeout_s: float) -> None:
         self.failures.clear()
-        for envelope in envelopes:
+        for event_id, type_, body in events:
+            # No attempt header on a first delivery: a missing one counts as attempt 1.
             message = self.channel.prepare_message(
-                json.dumps(envelope, separators=(",", ":")).encode(), content_type="application/json",
-                content_encoding="utf-8", headers={ATTEMPT_HEADER: 1},
-                properties={"delivery_mode": 2, "message_id": envelope["id"]})
-            self.channel.basic_publish(message, exchange=topology.EXCHANGE, routing_key=envelope["type"],
-                                       mandatory=True)
+                body, content_type="application/json", content_encoding="utf-8",
+                properties={"delivery_mode": 2, "message_id": event_id})
+            self.channel.basic_publish(message, exchange=topology.EXCHANGE, routing_key=type_, mandatory=True)
             self.published += 1
             self.unconfirmed.add(self.published)
         deadline = time.monotonic() + timeout_s

@@ -16,11 +16,14 @@ class RecordingBus:
         self.fail_times = fail_times
         self.batches = []
 
-    def publish(self, envelopes):
+    def publish_serialized(self, events):
         if self.fail_times:
             self.fail_times -= 1
             raise ConnectionError("broker down")
-        self.batches.append(list(envelopes))
+        for event_id, type_, body in events:
+            envelope = json.loads(body)
+            assert (envelope["id"], envelope["type"]) == (event_id, type_)
+        self.batches.append([json.loads(body) for _, _, body in events])
 
     @property
     def published(self):
