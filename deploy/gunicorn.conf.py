@@ -45,6 +45,14 @@ accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "").lower() in ("1", "t
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 
 
+def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
+    # A request thread whose database answer has arrived waits for the GIL until the running
+    # thread blocks or the switch interval (Python's default: 5 ms) ends; 1 ms trims the tail
+    # of concurrent requests (purchase bench, 8 buyers: p99 about 50 -> 45 ms, same CPU).
+    import sys
+    sys.setswitchinterval(float(os.environ.get("LINKSHOP_SWITCH_INTERVAL_MS", "1")) / 1000)
+
+
 def on_starting(server):
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
