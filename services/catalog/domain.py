@@ -7,6 +7,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared.auth import hash_secret, new_api_key
+from shared.db import DriverStatement
 from shared.events import utcnow
 
 from .models import Merchant, MerchantApiKey, Product, outbox
@@ -127,10 +128,10 @@ def apply_stock(session: Session, payload: dict) -> None:
 
 
 _products = Product.__table__
-_COUNT_SALE = update(_products).where(_products.c.id == bindparam("product_id")) \
-    .values(sold_count=_products.c.sold_count + bindparam("quantity"))
-_COUNT_REFUND = update(_products).where(_products.c.id == bindparam("product_id")) \
-    .values(refunded_count=_products.c.refunded_count + bindparam("quantity"))
+_COUNT_SALE = DriverStatement(update(_products).where(_products.c.id == bindparam("product_id"))
+                              .values(sold_count=_products.c.sold_count + bindparam("quantity")))
+_COUNT_REFUND = DriverStatement(update(_products).where(_products.c.id == bindparam("product_id"))
+                                .values(refunded_count=_products.c.refunded_count + bindparam("quantity")))
 
 
 def count_sale(session: Session, payload: dict, refunded: bool) -> None:
@@ -141,5 +142,5 @@ def count_sale(session: Session, payload: dict, refunded: bool) -> None:
         return  # an order refunded before delivery (rejected by risk, say) was never counted as sold
     # One atomic increment per event (no read, no row lock held across statements): every
     # delivery fans out here, so this is the catalog worker's hottest statement.
-    session.connection().execute(_COUNT_REFUND if refunded else _COUNT_SALE,
-                                 {"product_id": product_id, "quantity": payload["quantity"]})
+    (_COUNT_REFUND if refunded else _COUNT_SALE).execute(
+        session, {"product_id": product_id, "quantity": payload["quantity"]})
