@@ -173,9 +173,7 @@ class _DriverResult:
         self._cursor, self._row = cursor, row
 
     def first(self):
-        if not self._cursor.description:
-            return None
-        row = self._cursor.fetchone()
+        row = self._cursor.fetchone()  # (psycopg builds ``description`` anew on each read: not checked)
         return self._row(row) if row is not None and self._row is not None else row
 
     def scalar(self):

@@ -21,7 +21,9 @@ outbox_pending = Gauge("linkshop_outbox_pending", "Outbox rows not yet published
 event_lag = Histogram("linkshop_event_lag_seconds", "From an event's occurrence to its handling",
                       ["service", "type"], buckets=LATENCY_BUCKETS + (30.0, 60.0, 300.0))
 orders = Counter("linkshop_orders_total", "Orders entering a status", ["status"])
-delivery_latency = Histogram("linkshop_delivery_latency_seconds", "Paid to delivered",
+# waited_for: "payment" (sold in the payment's transaction), "risk" (at risk's decision),
+# "review" (after an operator's review), "stock" (when keys were imported).
+delivery_latency = Histogram("linkshop_delivery_latency_seconds", "Paid to delivered", ["waited_for"],
                              buckets=LATENCY_BUCKETS)
 stock_available = Gauge("linkshop_stock_available", "Keys available per product", ["product"],
                         multiprocess_mode="livemostrecent")

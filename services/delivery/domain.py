@@ -434,10 +434,14 @@ def _pay_and_sell(session: Session, conn, order, provider: str, notice, now: dat
     return "delivered"
 
 
-def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
-    """Deliver a paid order if risk allows and keys are there; else leave it waiting."""
+def fulfil(session: Session, settings, order: Order, now: datetime, waited_for: str = "payment") -> None:
+    """Deliver a paid order if risk allows and keys are there; else leave it waiting.
+    ``waited_for``: what the delivery waited for, for the latency metric ("payment", "risk",
+    "review"; an order that was out of stock counts as "stock")."""
     if order.status not in ("paid", "awaiting_stock"):
         return
+    if order.status == "awaiting_stock":
+        waited_for = "stock"
     gate = risk_gate(order, settings)
     if gate == "reject":
         refund(session, order, None, "rejected by risk review", now, final_status="rejected")
@@ -454,7 +458,7 @@ def fulfil(session: Session, settings, order: Order, now: datetime) -> None:
         return
     delivered_at = utcnow()  # not `now`: that may be when the payment notice arrived
     order.status, order.delivered_at = "delivered", delivered_at
-    _announce_delivery(session, order, order.paid_at, delivered_at)
+    _announce_delivery(session, order, order.paid_at, delivered_at, waited_for)
 
 
 def _delivered_payload(order, paid_at: datetime, delivered_at: datetime) -> dict:
@@ -468,18 +472,21 @@ def _delivered_payload(order, paid_at: datetime, delivered_at: datetime) -> dict
     }
 
 
-def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at: datetime) -> None:
+def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at: datetime,
+                       waited_for: str = "payment") -> None:
     outbox.add(session, "delivery.order.delivered", _delivered_payload(order, paid_at, delivered_at),
                order.order_no)
-    _observe_delivery(session, order, paid_at)
+    _observe_delivery(session, order, paid_at, waited_for)
 
 
-def _observe_delivery(session: Session, order, paid_at: datetime) -> None:
+def _observe_delivery(session: Session, order, paid_at: datetime, waited_for: str = "payment") -> None:
     amount, currency = order.amount_cents, order.currency
 
     def observe():  # from the payment notice's arrival to the commit that delivered the keys
         metrics.orders.labels("delivered").inc()
-        metrics.delivery_latency.observe((utcnow() - paid_at).total_seconds())
+        # An operator's review or a restock can take hours; the label keeps those waits out
+        # of the buyer-facing latency the alert watches.
+        metrics.delivery_latency.labels(waited_for).observe((utcnow() - paid_at).total_seconds())
         metrics.revenue_cents.labels(currency).inc(amount)
     after_commit(session, observe)
 
@@ -523,7 +530,7 @@ def apply_risk_decision(session: Session, settings, payload: dict, now: datetime
         order.status = "rejected"
         release_keys(session, order)
     else:
-        fulfil(session, settings, order, now)
+        fulfil(session, settings, order, now, waited_for="review" if state.risk_decision == "review" else "risk")
 
 
 # -- after-sale ------------------------------------------------------------------------------

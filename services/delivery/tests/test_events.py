@@ -92,10 +92,13 @@ def test_risk_seam_waits_then_delivers_or_refunds(make_shop):
         shop.system.bus.inject("delivery", json.dumps(env).encode())
         shop.drain()
 
+    reviewed_before = shop.metric("linkshop_delivery_latency_seconds_count", waited_for="review")
     decide(waiting, "review")
     assert shop.view(waiting)["status"] == "paid"
     decide(waiting, "approve")
     assert shop.view(waiting)["status"] == "delivered" and shop.view(waiting)["keys"] == ["A"]
+    # the operator's review is not counted as the buyer-facing delivery latency
+    assert shop.metric("linkshop_delivery_latency_seconds_count", waited_for="review") == reviewed_before + 1
     decide(rejected, "reject")
     assert shop.view(rejected)["status"] == "rejected"
     assert [e["payload"]["reason"] for e in _events(shop) if e["type"] == "delivery.order.refunded"] == \
