@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -245,9 +246,10 @@ _ORDER_AND_CLAIM_PG = DriverStatement(_order_and_claim_statement())
 
 
 def create_order(session: Session, settings, data: dict, client: dict, provider: str,
-                 now: datetime) -> tuple[Order, str]:
+                 now: datetime) -> tuple[SimpleNamespace, str]:
     """The hottest write path, so it speaks Core, not the ORM: on PostgreSQL two statements
-    and a commit. The returned ``Order`` is a detached snapshot of the row, for the response."""
+    and a commit. Returns the new row's values, for the response (a plain namespace: an ORM
+    object would cost its instrumentation for nothing), and the buyer's access token."""
     conn = session.connection()
     terms = _TERMS.execute(conn, {"product_id": data["product_id"]}).first()
     if terms is None or terms.status != "active" or terms.merchant_status != "active":
@@ -291,7 +293,7 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
     if not allocated:
         raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
     after_commit(session, lambda: metrics.orders.labels("pending").inc())
-    return Order(**values), token
+    return SimpleNamespace(**values), token
 
 
 def expire_reservations(session: Session, now: datetime, limit: int = 500) -> int:
@@ -324,7 +326,11 @@ def _reject_callback(provider: str, reason: str, status: int, code: str, message
 
 _Pay = Payment.__table__
 # SQLite compiles FOR UPDATE away: it has one writer anyway (BEGIN IMMEDIATE).
-_ORDER_LOCKED = DriverStatement(select(_O).where(_O.c.order_no == bindparam("order_no")).with_for_update())
+# What a payment reads of its order: the checks, the risk gate and the events' payloads.
+_ORDER_LOCKED = DriverStatement(select(*[_O.c[name] for name in (
+    "order_no", "provider", "status", "paid_at", "amount_cents", "currency", "risk_decision", "product_id",
+    "merchant_id", "quantity", "cost_cents", "fee_bps", "commission", "buyer_user_id", "ref_code", "email")])
+    .where(_O.c.order_no == bindparam("order_no")).with_for_update())
 _PAYMENT_COLUMNS = ["provider", "txn_id", "order_no", "amount_cents", "currency", "status", "received_at"]
 # The unique (provider, txn_id) decides what is a replay, not a look-up before the insert.
 _RECORD_PAYMENT = InsertIgnoringConflicts(_Pay, _PAYMENT_COLUMNS, key=["provider", "txn_id"], returning=["id"])
