@@ -287,8 +287,8 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
         if allocated:
             outbox.add_row(session, created)
     else:
-        allocated = _ORDER_AND_CLAIM_PG.execute(conn, {**values, **outbox.inline_params([created])}).scalar()
-        allocated = allocated == quantity
+        claimed = _ORDER_AND_CLAIM_PG.execute(conn, {**values, **outbox.inline_params([created])}).scalar()
+        allocated = claimed == quantity
         outbox.written(session)
     if not allocated:
         raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
@@ -371,9 +371,8 @@ def _paid_payload(order, provider: str, notice, now: datetime) -> dict:
 def apply_payment(session: Session, settings, provider: str, notice, now: datetime) -> str:
     """Apply a verified payment notice under a lock on the order row; returns the outcome.
 
-    The common case (a pending order whose keys are all reserved, paid in full) is one
-    statement after the lock on PostgreSQL and Core on SQLite; anything else goes through
-    the ORM path."""
+    The common case (a pending order whose keys are all reserved, paid in full) is
+    ``_pay_and_sell``; anything else goes through the ORM path."""
     conn = session.connection()
     order = _ORDER_LOCKED.execute(conn, {"order_no": notice.order_no}).first()
     if order is None:
@@ -385,7 +384,7 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
         return "ignored"
     gate = risk_gate(order, settings)
     in_full = notice.amount_cents == order.amount_cents and notice.currency == order.currency
-    if in_full and order.status == "pending" and gate != "reject" and conn.dialect.name == "postgresql":
+    if in_full and order.status == "pending" and gate != "reject":
         return _pay_and_sell(session, conn, order, provider, notice, now, gate)
     payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
     recorded = _RECORD_PAYMENT.execute(conn, [{
@@ -404,14 +403,6 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
         return "duplicate_payment"
     outbox.add(session, "delivery.order.paid", _paid_payload(order, provider, notice, now), order.order_no)
     after_commit(session, lambda: metrics.orders.labels("paid").inc())
-    if order.status == "pending" and gate != "reject":
-        # A pending order holds all its keys: selling them is just the status change.
-        delivered_at = utcnow() if gate == "approve" else None
-        _SET_ORDER_PAID.execute(conn, {"key": order.order_no, "status": "delivered" if delivered_at else "paid",
-                                       "paid_at": now, "delivered_at": delivered_at})
-        if delivered_at is not None:
-            _announce_delivery(session, order, now, delivered_at)
-        return "delivered" if delivered_at else "paid"
     orm_order = session.get(Order, order.order_no)
     orm_order.status, orm_order.paid_at = "paid", now
     fulfil(session, settings, orm_order, now)
@@ -419,16 +410,29 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
 
 
 def _pay_and_sell(session: Session, conn, order, provider: str, notice, now: datetime, gate: str) -> str:
+    """A pending order paid in full: it holds all its keys, so selling them is the status
+    change. PostgreSQL does it in one statement; SQLite records the payment (a replay stops
+    there), updates the order and adds the events, in the same transaction."""
     delivered_at = utcnow() if gate == "approve" else None
+    status = "delivered" if delivered_at else "paid"
     events = [outbox.row("delivery.order.paid", _paid_payload(order, provider, notice, now), order.order_no)]
     if delivered_at is not None:
         events.append(outbox.row("delivery.order.delivered", _delivered_payload(order, now, delivered_at),
                                  order.order_no))
-    recorded = _PAY_AND_SELL[len(events)].execute(conn, {
-        **{f"payment_{c}": v for c, v in zip(_PAYMENT_COLUMNS, (
-            provider, notice.txn_id, order.order_no, notice.amount_cents, notice.currency, "applied", now))},
-        "order_status": "delivered" if delivered_at else "paid", "paid_at": now, "delivered_at": delivered_at,
-        **outbox.inline_params(events)}).scalar()
+    payment = dict(zip(_PAYMENT_COLUMNS, (provider, notice.txn_id, order.order_no, notice.amount_cents,
+                                          notice.currency, "applied", now)))
+    if conn.dialect.name == "postgresql":
+        recorded = _PAY_AND_SELL[len(events)].execute(conn, {
+            **{f"payment_{c}": v for c, v in payment.items()},
+            "order_status": status, "paid_at": now, "delivered_at": delivered_at,
+            **outbox.inline_params(events)}).scalar()
+    else:
+        recorded = _RECORD_PAYMENT.execute(conn, [payment]).first() is not None
+        if recorded:
+            _SET_ORDER_PAID.execute(conn, {"key": order.order_no, "status": status, "paid_at": now,
+                                           "delivered_at": delivered_at})
+            for event in events:
+                outbox.add_row(session, event)
     if not recorded:
         metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
         return "replay"
@@ -436,7 +440,7 @@ def _pay_and_sell(session: Session, conn, order, provider: str, notice, now: dat
     after_commit(session, lambda: metrics.orders.labels("paid").inc())
     if delivered_at is None:
         return "paid"
-    _observe_delivery(session, order, now)
+    _observe_delivery(session, order, now, "payment")
     return "delivered"
 
 
@@ -479,13 +483,13 @@ def _delivered_payload(order, paid_at: datetime, delivered_at: datetime) -> dict
 
 
 def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at: datetime,
-                       waited_for: str = "payment") -> None:
+                       waited_for: str) -> None:
     outbox.add(session, "delivery.order.delivered", _delivered_payload(order, paid_at, delivered_at),
                order.order_no)
     _observe_delivery(session, order, paid_at, waited_for)
 
 
-def _observe_delivery(session: Session, order, paid_at: datetime, waited_for: str = "payment") -> None:
+def _observe_delivery(session: Session, order, paid_at: datetime, waited_for: str) -> None:
     amount, currency = order.amount_cents, order.currency
 
     def observe():  # from the payment notice's arrival to the commit that delivered the keys
