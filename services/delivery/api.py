@@ -138,8 +138,7 @@ def create_order():
         data["query_password_hash"] = domain.hash_query_password(data.pop("query_password"))
     for attempt in (1, 2, 3):
         try:
-            with c.db.write() as s:
-                order, token = domain.create_order(s, c.settings, data, _client(), "sandbox", utcnow())
+            order, token = domain.create_order(c.db, c.settings, data, _client(), "sandbox", utcnow())
             break
         except IntegrityError:  # the order number was taken (see new_order_no): a new one, a new transaction
             if attempt == 3:
@@ -272,8 +271,7 @@ def _process_notice(provider, raw_body: bytes, headers) -> dict:
         metrics.payment_callbacks_rejected.labels(provider.name, "bad_notice").inc()
         raise ApiError(400, "bad_notice", "the notification is malformed", exc.fields) from None
     c = ctx()
-    with c.db.write() as s:
-        outcome = domain.apply_payment(s, c.settings, provider.name, notice, received)
+    outcome = domain.apply_payment(c.db, c.settings, provider.name, notice, received)
     return {"ok": True, "order_no": notice.order_no, "outcome": outcome}
 
 

@@ -13,7 +13,8 @@ import secrets
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Boolean, Integer, bindparam, column, delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -213,51 +214,49 @@ def check_query_password(password: str, stored: str | None) -> bool:
 _P, _M, _O, _OK = Product.__table__, Merchant.__table__, Order.__table__, OrderKey.__table__
 _TERMS = DriverStatement(
     select(_P.c.merchant_id, _P.c.price_cents, _P.c.cost_cents, _P.c.currency, _P.c.status, _P.c.max_per_order,
-           _P.c.commission, _P.c.reusable_keys, _M.c.status.label("merchant_status"), _M.c.fee_bps)
+           _P.c.commission, _P.c.reusable_keys, _P.c.version.label("product_version"),
+           _M.c.status.label("merchant_status"), _M.c.fee_bps, _M.c.version.label("merchant_version"))
     .join_from(_P, _M, _M.c.id == _P.c.merchant_id).where(_P.c.id == bindparam("product_id")))
 _INSERT_ORDER = insert(_O)
 
 
-def _order_and_claim_statement():
-    """PostgreSQL: insert the order, claim its keys, record them and write the
-    ``delivery.order.created`` outbox row in one statement (one round trip instead of four).
-    Returns how many keys were claimed; the caller checks, and a shortfall rolls it all back."""
-    columns = [c.name for c in _O.columns]
-    announce, announce_binds = outbox.inline_values(1)
-    return text(f"""
-        WITH new_order AS (
-            INSERT INTO orders ({", ".join(columns)}) VALUES ({", ".join(":" + c for c in columns)})
-            RETURNING order_no),
-        claimed AS (
-            DELETE FROM key_pool WHERE key_id IN (
-                SELECT key_id FROM key_pool WHERE product_id = :product_id
-                ORDER BY key_id LIMIT :quantity FOR UPDATE SKIP LOCKED)
-            RETURNING key_id),
-        sold AS (
-            INSERT INTO order_keys (order_no, position, key_id, reusable, active)
-            SELECT (SELECT order_no FROM new_order), row_number() OVER (ORDER BY key_id) - 1, key_id, false, true
-            FROM claimed RETURNING key_id),
-        announced AS ({announce})
-        SELECT count(*) FROM sold""").bindparams(*[bindparam(c.name, type_=c.type) for c in _O.columns],
-                                                 *announce_binds)
+class TermsCache:
+    """What an order is priced and limited by, per product, as last read in this process. A
+    cached entry is never trusted on its own: the order's statement checks that the product's
+    and merchant's versions (and the reusable-key count, which delivery changes itself) are
+    still the ones read, and a stale entry is read again. Bounded: cleared when full."""
+
+    def __init__(self, size: int = 10_000):
+        self.size, self._terms = size, {}
+
+    def get(self, product_id: str):
+        return self._terms.get(product_id)
+
+    def read(self, conn, product_id: str):
+        terms = _TERMS.execute(conn, {"product_id": product_id}).first()
+        if len(self._terms) >= self.size:
+            self._terms.clear()
+        if terms is None:
+            self._terms.pop(product_id, None)
+        else:
+            self._terms[product_id] = terms
+        return terms
 
 
-_ORDER_AND_CLAIM_PG = DriverStatement(_order_and_claim_statement())
+terms_cache = TermsCache()
 
 
-def create_order(session: Session, settings, data: dict, client: dict, provider: str,
-                 now: datetime) -> tuple[SimpleNamespace, str]:
-    """The hottest write path, so it speaks Core, not the ORM: on PostgreSQL two statements
-    and a commit. Returns the new row's values, for the response (a plain namespace: an ORM
-    object would cost its instrumentation for nothing), and the buyer's access token."""
-    conn = session.connection()
-    terms = _TERMS.execute(conn, {"product_id": data["product_id"]}).first()
+def _check_terms(terms, quantity: int) -> None:
     if terms is None or terms.status != "active" or terms.merchant_status != "active":
         raise ApiError(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
-    quantity = data["quantity"]
     if quantity > terms.max_per_order:
         raise ApiError(422, "invalid", f"at most {terms.max_per_order} per order",
                       {"quantity": [f"must be at most {terms.max_per_order}"]})
+
+
+def _new_order(terms, data: dict, client: dict, provider: str, now: datetime, settings) -> tuple[dict, str, dict]:
+    """The order row's values, the buyer's access token and the ``delivery.order.created`` outbox row."""
+    quantity = data["quantity"]
     token = secrets.token_urlsafe(24)
     values = dict(
         order_no=new_order_no(now), product_id=data["product_id"], merchant_id=terms.merchant_id,
@@ -280,18 +279,98 @@ def create_order(session: Session, settings, data: dict, client: dict, provider:
         "client": {"ip": values["client_ip"], "device_id": values["device_id"], "user_agent": values["user_agent"]},
         "created_at": now.isoformat(),
     }, order_no)
-    if terms.reusable_keys or conn.dialect.name != "postgresql":
-        conn.execute(_INSERT_ORDER, values)
-        allocated = _allocate(session, order_no, values["product_id"], range(quantity),
-                              reusable_keys=terms.reusable_keys)
-        if allocated:
-            outbox.add_row(session, created)
-    else:
-        claimed = _ORDER_AND_CLAIM_PG.execute(conn, {**values, **outbox.inline_params([created])}).scalar()
-        allocated = claimed == quantity
-        outbox.written(session)
-    if not allocated:
+    return values, token, created
+
+
+def _place_order_statement():
+    """PostgreSQL, one statement in its own transaction: check the terms read earlier are still
+    current, lock ``quantity`` unsold keys (``SKIP LOCKED``), and only if there are that many
+    insert the order, take the locked keys out of the pool, record them and write the
+    ``delivery.order.created`` outbox row. Nothing is written unless all of it is: the keys
+    are locked before anything depends on them, so no shortfall has to be undone."""
+    pg = postgresql.dialect()
+    columns = [c.name for c in _O.columns]
+    typed = ", ".join(f"CAST(:{c.name} AS {c.type.compile(dialect=pg)})" for c in _O.columns)
+    announce, announce_binds = outbox.inline_values(1)
+    return DriverStatement(text(f"""
+        WITH terms AS (
+            SELECT FROM products p JOIN merchants m ON m.id = p.merchant_id
+            WHERE p.id = :product_id AND p.version = :product_version AND m.version = :merchant_version
+              AND p.reusable_keys = 0),
+        candidates AS MATERIALIZED (
+            SELECT key_id FROM key_pool WHERE product_id = :product_id AND EXISTS (SELECT FROM terms)
+            ORDER BY key_id LIMIT :quantity FOR UPDATE SKIP LOCKED),
+        new_order AS (
+            INSERT INTO orders ({", ".join(columns)}) SELECT {typed}
+            WHERE EXISTS (SELECT FROM terms) AND (SELECT count(*) FROM candidates) = :quantity
+            RETURNING order_no),
+        claimed AS (
+            DELETE FROM key_pool WHERE key_id IN (SELECT key_id FROM candidates) AND EXISTS (SELECT FROM new_order)
+            RETURNING key_id),
+        sold AS (
+            INSERT INTO order_keys (order_no, position, key_id, reusable, active)
+            SELECT (SELECT order_no FROM new_order), row_number() OVER (ORDER BY key_id) - 1, key_id, false, true
+            FROM claimed RETURNING key_id),
+        announced AS ({announce} WHERE EXISTS (SELECT FROM new_order))
+        SELECT EXISTS (SELECT FROM terms) AS terms_current, (SELECT count(*) FROM sold) AS sold""")
+        .bindparams(*[bindparam(c.name, type_=c.type) for c in _O.columns], *announce_binds,
+                    bindparam("product_version", type_=Integer()), bindparam("merchant_version", type_=Integer()))
+        .columns(column("terms_current", Boolean()), column("sold", Integer())))
+
+
+_PLACE_ORDER_PG = _place_order_statement()
+
+
+def create_order(db, settings, data: dict, client: dict, provider: str,
+                 now: datetime) -> tuple[SimpleNamespace, str]:
+    """The hottest write path. On PostgreSQL, an order of one-time keys is a single statement
+    in autocommit (with the product's terms cached, one round trip in all); SQLite and
+    products with reusable keys take a transaction. Returns the new row's values, for the
+    response (a plain namespace: an ORM object would cost its instrumentation for nothing),
+    and the buyer's access token."""
+    if not db.is_sqlite:
+        with db.autocommit() as conn:
+            placed = _place_order_at_once(conn, settings, data, client, provider, now)
+        if placed is not None:
+            return placed
+    with db.write() as session:
+        return _place_order(session, settings, data, client, provider, now)
+
+
+def _place_order_at_once(conn, settings, data, client, provider, now):
+    """None when the product sells reusable keys (``_place_order`` does that)."""
+    product_id, quantity = data["product_id"], data["quantity"]
+    terms, fresh = terms_cache.get(product_id), False
+    for _ in range(3):  # a stale cache entry is read again; terms changing twice in a row is rare
+        if terms is None or not fresh and (terms.status != "active" or terms.merchant_status != "active"
+                                           or quantity > terms.max_per_order):
+            terms, fresh = terms_cache.read(conn, product_id), True
+        _check_terms(terms, quantity)
+        if terms.reusable_keys:
+            return None
+        values, token, created = _new_order(terms, data, client, provider, now, settings)
+        placed = _PLACE_ORDER_PG.execute(conn, {
+            **values, **outbox.inline_params([created]),
+            "product_version": terms.product_version, "merchant_version": terms.merchant_version}).first()
+        if placed.terms_current:
+            if placed.sold != quantity:
+                raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
+            metrics.orders.labels("pending").inc()
+            return SimpleNamespace(**values), token
+        terms, fresh = None, False
+    raise ApiError(503, "busy", "the product changed while ordering; try again")
+
+
+def _place_order(session: Session, settings, data, client, provider, now):
+    conn = session.connection()
+    terms = _TERMS.execute(conn, {"product_id": data["product_id"]}).first()
+    _check_terms(terms, data["quantity"])
+    values, token, created = _new_order(terms, data, client, provider, now, settings)
+    conn.execute(_INSERT_ORDER, values)
+    if not _allocate(session, values["order_no"], values["product_id"], range(data["quantity"]),
+                     reusable_keys=terms.reusable_keys):
         raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
+    outbox.add_row(session, created)
     after_commit(session, lambda: metrics.orders.labels("pending").inc())
     return SimpleNamespace(**values), token
 
@@ -325,12 +404,14 @@ def _reject_callback(provider: str, reason: str, status: int, code: str, message
 
 
 _Pay = Payment.__table__
-# SQLite compiles FOR UPDATE away: it has one writer anyway (BEGIN IMMEDIATE).
 # What a payment reads of its order: the checks, the risk gate and the events' payloads.
-_ORDER_LOCKED = DriverStatement(select(*[_O.c[name] for name in (
+_ORDER_FOR_PAYMENT = select(*[_O.c[name] for name in (
     "order_no", "provider", "status", "paid_at", "amount_cents", "currency", "risk_decision", "product_id",
-    "merchant_id", "quantity", "cost_cents", "fee_bps", "commission", "buyer_user_id", "ref_code", "email")])
-    .where(_O.c.order_no == bindparam("order_no")).with_for_update())
+    "merchant_id", "quantity", "cost_cents", "fee_bps", "commission", "buyer_user_id", "ref_code", "email")]) \
+    .where(_O.c.order_no == bindparam("order_no"))
+_ORDER_READ = DriverStatement(_ORDER_FOR_PAYMENT)
+# SQLite compiles FOR UPDATE away: it has one writer anyway (BEGIN IMMEDIATE).
+_ORDER_LOCKED = DriverStatement(_ORDER_FOR_PAYMENT.with_for_update())
 _PAYMENT_COLUMNS = ["provider", "txn_id", "order_no", "amount_cents", "currency", "status", "received_at"]
 # The unique (provider, txn_id) decides what is a replay, not a look-up before the insert.
 _RECORD_PAYMENT = InsertIgnoringConflicts(_Pay, _PAYMENT_COLUMNS, key=["provider", "txn_id"], returning=["id"])
@@ -339,24 +420,32 @@ _SET_ORDER_PAID = DriverStatement(update(_O).where(_O.c.order_no == bindparam("k
 
 
 def _pay_and_sell_statement(events: int) -> DriverStatement:
-    """PostgreSQL, a pending order paid in full: record the payment, mark the order paid (or
-    delivered) and write its ``events`` outbox rows in one statement. The unique (provider,
-    txn_id) still decides: on a replay nothing but the failed insert happens, and it returns 0."""
+    """PostgreSQL, a pending order paid in full, as one statement: lock the order row if it is
+    still pending with the risk decision the caller read, record the payment, mark the order
+    paid (or delivered) and write its ``events`` outbox rows. Whether the caller read the
+    order under a lock or not, nothing is written unless the order is as it was read; the
+    unique (provider, txn_id) still decides what is a replay. Returns ``current`` (the order
+    was as read) and ``recorded`` (the payment was new)."""
+    pg = postgresql.dialect()
     announce, announce_binds = outbox.inline_values(events)
     payment_binds = [bindparam(f"payment_{c}", type_=_Pay.c[c].type) for c in _PAYMENT_COLUMNS]
+    typed = ", ".join(f"CAST(:payment_{c} AS {_Pay.c[c].type.compile(dialect=pg)})" for c in _PAYMENT_COLUMNS)
     return DriverStatement(text(f"""
-        WITH recorded AS (
-            INSERT INTO {_Pay.name} ({", ".join(_PAYMENT_COLUMNS)})
-            VALUES ({", ".join(":payment_" + c for c in _PAYMENT_COLUMNS)})
+        WITH current AS (
+            SELECT FROM orders WHERE order_no = :payment_order_no AND status = 'pending'
+              AND risk_decision IS NOT DISTINCT FROM CAST(:seen_decision AS VARCHAR) FOR UPDATE),
+        recorded AS (
+            INSERT INTO {_Pay.name} ({", ".join(_PAYMENT_COLUMNS)}) SELECT {typed} FROM current
             ON CONFLICT (provider, txn_id) DO NOTHING RETURNING id),
         sold AS (
             UPDATE orders SET status = :order_status, paid_at = :paid_at, delivered_at = :delivered_at
             WHERE order_no = :payment_order_no AND EXISTS (SELECT FROM recorded)),
         announced AS ({announce} WHERE EXISTS (SELECT FROM recorded))
-        SELECT count(*) FROM recorded""").bindparams(
-        *payment_binds, bindparam("order_status", type_=_O.c.status.type),
+        SELECT EXISTS (SELECT FROM current) AS current, EXISTS (SELECT FROM recorded) AS recorded""").bindparams(
+        *payment_binds, bindparam("seen_decision", type_=_O.c.risk_decision.type),
+        bindparam("order_status", type_=_O.c.status.type),
         bindparam("paid_at", type_=_O.c.paid_at.type), bindparam("delivered_at", type_=_O.c.delivered_at.type),
-        *announce_binds))
+        *announce_binds).columns(column("current", Boolean()), column("recorded", Boolean())))
 
 
 _PAY_AND_SELL = {1: _pay_and_sell_statement(1), 2: _pay_and_sell_statement(2)}
@@ -368,11 +457,35 @@ def _paid_payload(order, provider: str, notice, now: datetime) -> dict:
             "payer_account": getattr(notice, "payer_account", None)}
 
 
-def apply_payment(session: Session, settings, provider: str, notice, now: datetime) -> str:
-    """Apply a verified payment notice under a lock on the order row; returns the outcome.
+def apply_payment(db, settings, provider: str, notice, now: datetime) -> str:
+    """Apply a verified payment notice; returns the outcome.
 
-    The common case (a pending order whose keys are all reserved, paid in full) is
-    ``_pay_and_sell``; anything else goes through the ORM path."""
+    The common case is a pending order paid in full, whose keys are all reserved: on
+    PostgreSQL that is a read and one statement in autocommit, which writes only if the order
+    is still as read (``_pay_and_sell``). Anything else, or an order that changed in between,
+    is decided under a lock on the order row."""
+    if not db.is_sqlite:
+        with db.autocommit() as conn:
+            order = _ORDER_READ.execute(conn, {"order_no": notice.order_no}).first()
+            if _sells_at_once(order, provider, notice, settings):
+                outcome = _pay_and_sell(conn, order, provider, notice, now, risk_gate(order, settings), _at_once)
+                if outcome is not None:
+                    return outcome
+    with db.write() as session:
+        return _apply_payment_locked(session, settings, provider, notice, now)
+
+
+def _sells_at_once(order, provider: str, notice, settings) -> bool:
+    return (order is not None and order.provider == provider and notice.status == "paid"
+            and order.status == "pending" and notice.amount_cents == order.amount_cents
+            and notice.currency == order.currency and risk_gate(order, settings) != "reject")
+
+
+def _at_once(callback) -> None:
+    callback()
+
+
+def _apply_payment_locked(session: Session, settings, provider: str, notice, now: datetime) -> str:
     conn = session.connection()
     order = _ORDER_LOCKED.execute(conn, {"order_no": notice.order_no}).first()
     if order is None:
@@ -382,10 +495,13 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
                                "the order was not created for this provider")
     if notice.status != "paid":
         return "ignored"
-    gate = risk_gate(order, settings)
+    if _sells_at_once(order, provider, notice, settings):
+        outcome = _pay_and_sell(conn, order, provider, notice, now, risk_gate(order, settings),
+                                lambda callback: after_commit(session, callback), session)
+        if outcome is None:
+            raise RuntimeError(f"order {order.order_no} changed under its row lock")
+        return outcome
     in_full = notice.amount_cents == order.amount_cents and notice.currency == order.currency
-    if in_full and order.status == "pending" and gate != "reject":
-        return _pay_and_sell(session, conn, order, provider, notice, now, gate)
     payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
     recorded = _RECORD_PAYMENT.execute(conn, [{
         "provider": provider, "txn_id": notice.txn_id, "order_no": order.order_no,
@@ -409,10 +525,13 @@ def apply_payment(session: Session, settings, provider: str, notice, now: dateti
     return orm_order.status
 
 
-def _pay_and_sell(session: Session, conn, order, provider: str, notice, now: datetime, gate: str) -> str:
+def _pay_and_sell(conn, order, provider: str, notice, now: datetime, gate: str, on_commit,
+                  session: Session | None = None) -> str | None:
     """A pending order paid in full: it holds all its keys, so selling them is the status
-    change. PostgreSQL does it in one statement; SQLite records the payment (a replay stops
-    there), updates the order and adds the events, in the same transaction."""
+    change. PostgreSQL does it in one statement; SQLite (always under the lock, ``session``
+    given) records the payment (a replay stops there), updates the order and adds the events.
+    ``on_commit`` runs a callback once the change is committed. None: the order is no longer
+    as read (decide again under the lock)."""
     delivered_at = utcnow() if gate == "approve" else None
     status = "delivered" if delivered_at else "paid"
     events = [outbox.row("delivery.order.paid", _paid_payload(order, provider, notice, now), order.order_no)]
@@ -422,10 +541,13 @@ def _pay_and_sell(session: Session, conn, order, provider: str, notice, now: dat
     payment = dict(zip(_PAYMENT_COLUMNS, (provider, notice.txn_id, order.order_no, notice.amount_cents,
                                           notice.currency, "applied", now)))
     if conn.dialect.name == "postgresql":
-        recorded = _PAY_AND_SELL[len(events)].execute(conn, {
-            **{f"payment_{c}": v for c, v in payment.items()},
+        result = _PAY_AND_SELL[len(events)].execute(conn, {
+            **{f"payment_{c}": v for c, v in payment.items()}, "seen_decision": order.risk_decision,
             "order_status": status, "paid_at": now, "delivered_at": delivered_at,
-            **outbox.inline_params(events)}).scalar()
+            **outbox.inline_params(events)}).first()
+        if not result.current:
+            return None
+        recorded = result.recorded
     else:
         recorded = _RECORD_PAYMENT.execute(conn, [payment]).first() is not None
         if recorded:
@@ -436,11 +558,12 @@ def _pay_and_sell(session: Session, conn, order, provider: str, notice, now: dat
     if not recorded:
         metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
         return "replay"
-    outbox.written(session)
-    after_commit(session, lambda: metrics.orders.labels("paid").inc())
+    if session is not None:
+        outbox.written(session)
+    on_commit(lambda: metrics.orders.labels("paid").inc())
     if delivered_at is None:
         return "paid"
-    _observe_delivery(session, order, now, "payment")
+    _observe_delivery(on_commit, order, now, "payment")
     return "delivered"
 
 
@@ -486,10 +609,10 @@ def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at:
                        waited_for: str) -> None:
     outbox.add(session, "delivery.order.delivered", _delivered_payload(order, paid_at, delivered_at),
                order.order_no)
-    _observe_delivery(session, order, paid_at, waited_for)
+    _observe_delivery(lambda callback: after_commit(session, callback), order, paid_at, waited_for)
 
 
-def _observe_delivery(session: Session, order, paid_at: datetime, waited_for: str) -> None:
+def _observe_delivery(on_commit, order, paid_at: datetime, waited_for: str) -> None:
     amount, currency = order.amount_cents, order.currency
 
     def observe():  # from the payment notice's arrival to the commit that delivered the keys
@@ -498,7 +621,7 @@ def _observe_delivery(session: Session, order, paid_at: datetime, waited_for: st
         # of the buyer-facing latency the alert watches.
         metrics.delivery_latency.labels(waited_for).observe((utcnow() - paid_at).total_seconds())
         metrics.revenue_cents.labels(currency).inc(amount)
-    after_commit(session, observe)
+    on_commit(observe)
 
 
 def fill_awaiting_orders(session: Session, settings, product_id: str, now: datetime) -> int:
