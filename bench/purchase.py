@@ -15,6 +15,12 @@ answers on the catalog and delivery ports, and stops it again afterwards unless 
     7. every order is read back with its access token: each must be delivered, and no key may
        appear in two orders (``duplicate_keys``).
 
+After each sweep point the same load runs against the issue's bare-minimum shop
+(bench/reference_shop.py: one Flask app, raw SQL, an outbox row per event, a relay with
+confirms), started for that point alone: the issue's goal is a share of its throughput, and
+this machine's speed varies from run to run, so the two are measured side by side
+(``share_of_reference`` per point, ``share_of_bare_minimum`` for the best points).
+
 paid -> delivered is the round trip of the signed payment callback: delivery marks the order
 paid and sells its keys in the same transaction, so the provider's call returning is the
 moment the buyer's keys are there (the bench checks the outcome says ``delivered``). Beside
@@ -413,7 +419,9 @@ def cpu_seconds_by_process() -> dict[str, float]:
         except OSError:
             continue
         web, worker = re.search(r"services\.(\w+)\.wsgi", cmd), re.search(r"services\.(\w+)\.worker", cmd)
-        if web:
+        if "bench.reference_shop" in cmd:
+            part = "bare-minimum relay" if " relay" in cmd else "bare-minimum web"
+        elif web:
             part = f"{web.group(1)} web"
         elif worker:
             part = f"{worker.group(1)} worker"
@@ -445,25 +453,53 @@ def cpu_ms_per_order(before: dict, after: dict, client_s: float, orders: int) ->
     return dict(sorted(per.items(), key=lambda kv: -kv[1]))
 
 
-def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int) -> list[dict]:
+def measure_point(shop: Shop, product_id: str, buyers: int, orders: int) -> dict:
+    """One sweep point: ``orders`` purchases by ``buyers`` concurrent buyers, with the CPU each
+    process spent per order and what else the machine ran meanwhile."""
+    cpu0, client0, busy0 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
+    results, elapsed = run_load(shop, product_id, buyers, orders)
+    cpu1, client1, busy1 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
+    figures = summarize(results)
+    client_s = (client1.user + client1.system) - (client0.user + client0.system)
+    return {"buyers": buyers, "orders_per_s": round(figures["completed"] / elapsed, 1) if elapsed else 0.0,
+            **{k: v for k, v in figures.items() if k != "errors"}, "errors": figures["errors"],
+            "cpu_ms_per_order": cpu_ms_per_order(cpu0, cpu1, client_s, figures["completed"]),
+            # CPU seconds per second spent outside the stack and this client (0 = a quiet machine)
+            "other_load_cores": round(max(0.0, (busy1 - busy0) - client_s
+                                          - sum(cpu1[k] - cpu0.get(k, 0.0) for k in cpu1)) / elapsed, 2),
+            "orders": [r["order"] for r in results if "order" in r]}
+
+
+REFERENCE_PORT = 8790
+
+
+def measure_reference(buyers: int, orders: int, warmup: int = 50) -> dict:
+    """The same point against the issue's bare-minimum shop (bench/reference_shop.py), started
+    for it alone on a fresh database while Linkshop's stack idles."""
+    from bench import reference_shop
+    product_id, _ = reference_shop.setup(reference_shop.database_url(), warmup + orders, price_cents=1000)
+    handle = reference_shop.start(REFERENCE_PORT, RUN_DIR)
+    try:
+        shop = Shop(handle.base_url, handle.base_url, os.environ.get("REFERENCE_SANDBOX_SECRET", "sandbox-secret"))
+        run_single(shop, product_id, warmup)
+        point = measure_point(shop, product_id, buyers, orders)
+        statuses = Counter(shop.keys_of(order)[0] for order in point.pop("orders"))
+    finally:
+        reference_shop.stop(handle)
+    return {**point, "order_statuses": dict(statuses)}
+
+
+def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int, reference: bool = False) -> list[dict]:
     """The purchase path (downstream workers paused, as in ``run_purchase_path``) at several
-    numbers of concurrent buyers: where throughput levels off and what latency costs there."""
+    numbers of concurrent buyers: where throughput levels off and what latency costs there.
+    With ``reference``, each point is measured next against the bare-minimum shop, once the
+    paused services have worked off their backlog (the machine's speed varies from run to
+    run, so the comparison is made point by point)."""
     points = []
     for buyers in buyer_counts:
         vacuum_databases()
         with downstream_paused() as pids:
-            cpu0, client0, busy0 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
-            results, elapsed = run_load(shop, product_id, buyers, orders)
-            cpu1, client1, busy1 = cpu_seconds_by_process(), os.times(), machine_busy_seconds()
-        figures = summarize(results)
-        client_s = (client1.user + client1.system) - (client0.user + client0.system)
-        point = {"buyers": buyers, "orders_per_s": round(figures["completed"] / elapsed, 1) if elapsed else 0.0,
-                 **{k: v for k, v in figures.items() if k != "errors"}, "errors": figures["errors"],
-                 "cpu_ms_per_order": cpu_ms_per_order(cpu0, cpu1, client_s, figures["completed"]),
-                 # CPU seconds per second spent outside the stack and this client (0 = a quiet machine)
-                 "other_load_cores": round(max(0.0, (busy1 - busy0) - client_s
-                                               - sum(cpu1[k] - cpu0.get(k, 0.0) for k in cpu1)) / elapsed, 2),
-                 "orders": [r["order"] for r in results if "order" in r]}
+            point = measure_point(shop, product_id, buyers, orders)
         points.append(point)
         print(f"  purchase path, {buyers:>3} buyers: {point['orders_per_s']:>6} orders/s, paid->delivered "
               f"p50 {point['paid_to_delivered_p50_ms']} ms, p99 {point['paid_to_delivered_p99_ms']} ms; "
@@ -473,6 +509,14 @@ def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int)
             wait_drained(pids, 300)
         except Exception:
             pass
+        if reference:
+            ref = point["reference"] = measure_reference(buyers, orders)
+            point["share_of_reference"] = round(point["orders_per_s"] / ref["orders_per_s"], 3) \
+                if ref["orders_per_s"] else None
+            print(f"  bare-minimum shop, {buyers:>3} buyers: {ref['orders_per_s']:>6} orders/s, paid->delivered "
+                  f"p50 {ref['paid_to_delivered_p50_ms']} ms, p99 {ref['paid_to_delivered_p99_ms']} ms; "
+                  f"CPU {ref['cpu_ms_per_order'].get('total')} ms/order; Linkshop makes "
+                  f"{point['share_of_reference']:.0%} of its throughput", flush=True)
     return points
 
 
@@ -504,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screened-orders", type=int, default=1000,
                         help="purchases of the last phase, with risk screening on ('0' to skip)")
     parser.add_argument("--keep-up", action="store_true", help="leave a stack this run started running")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip the bare-minimum shop measured after each sweep point")
     args = parser.parse_args(argv)
 
     started = ensure_stack(args.catalog, args.delivery)
@@ -547,8 +593,14 @@ def main(argv: list[str] | None = None) -> int:
               f"then {path_only.get('downstream_backlog_events')} events worked off by {DOWNSTREAM} in "
               f"{path_only.get('downstream_drain_s')} s", flush=True)
 
-        points = run_sweep(shop, product_id, sweep, args.sweep_orders) if sweep else []
+        points = run_sweep(shop, product_id, sweep, args.sweep_orders, args.reference) if sweep else []
         best = max(points, key=lambda p: p["orders_per_s"], default=None)
+        references = [p["reference"] for p in points if "reference" in p]
+        best_reference = max(references, key=lambda p: p["orders_per_s"], default=None)
+        if best and best_reference:
+            print(f"best points: Linkshop {best['orders_per_s']} orders/s ({best['buyers']} buyers), bare-minimum "
+                  f"shop {best_reference['orders_per_s']} ({best_reference['buyers']} buyers): "
+                  f"{best['orders_per_s'] / best_reference['orders_per_s']:.0%}", flush=True)
 
         screened, screened_figures = [], None
         if local and args.screened_orders:
@@ -591,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
             "purchase_path_only": path_only,
             "purchase_path_sweep": points,
             "with_risk_screening": screened_figures,
+            # the issue's goal: at least 80% of the bare-minimum shop's throughput, on the same machine
+            "bare_minimum_best": {k: best_reference[k] for k in (
+                "buyers", "orders_per_s", "paid_to_delivered_p50_ms", "paid_to_delivered_p99_ms")}
+            if best_reference else None,
+            "share_of_bare_minimum": round(best["orders_per_s"] / best_reference["orders_per_s"], 3)
+            if best and best_reference else None,
             "purchase_path_best": {k: best[k] for k in ("buyers", "orders_per_s", "paid_to_delivered_p50_ms",
                                                         "paid_to_delivered_p99_ms")} if best else None,
             "stack": {"web_workers": int(os.environ.get("LINKSHOP_WEB_WORKERS", 2)),
@@ -609,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         write_result("purchase", figures)
         bad = (duplicate_keys or foreign or set(statuses) != {"delivered"} or l_["errors"] or s["errors"]
                or path_only["errors"] or any(point["errors"] for point in points)
+               or any(ref["errors"] or set(ref["order_statuses"]) != {"delivered"} for ref in references)
                or (screened_figures or {}).get("errors"))
         return 1 if bad else 0
     finally:
