@@ -134,13 +134,19 @@ class EmbeddedHub:
 
 
 class _Heartbeat:
+    """Each loop beats once per round; the gauge is written at most once a second (a labelled
+    gauge write per consumed batch was a visible share of a busy worker's CPU)."""
+
     def __init__(self, service: str):
         self.service = service
         self.at = time.time()
+        self._gauge, self._published = metrics.worker_heartbeat.labels(service), 0.0
 
     def beat(self) -> None:
-        self.at = time.time()
-        metrics.worker_heartbeat.labels(self.service).set(self.at)
+        self.at = now = time.time()
+        if now - self._published >= 1.0:
+            self._gauge.set(now)
+            self._published = now
 
     def fresh(self, max_age_s: float = 30) -> bool:
         return time.time() - self.at < max_age_s

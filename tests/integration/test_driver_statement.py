@@ -61,3 +61,23 @@ def test_errors_are_sqlalchemys_and_the_connection_stays_usable(probe):
         with db.write() as s:
             assert insert_new.execute(s.connection(), [{"code": "same"}, {"code": "new"}]).scalars() == ["new"]
             s.rollback()
+
+
+def test_autocommit_statements_commit_alone_and_a_dropped_connection_is_replaced(probe):
+    from sqlalchemy.exc import DBAPIError
+    db, table = probe
+    add = DriverStatement(text(f"INSERT INTO {table.name} (code) VALUES (:code)"))
+    backend = DriverStatement(text("SELECT pg_backend_pid()"))
+    with db.autocommit() as conn:
+        add.execute(conn, {"code": "alone"})
+        pid = backend.execute(conn, {}).scalar()
+    with db.read() as s:  # committed by itself, no COMMIT sent
+        assert s.scalar(select(table.c.code).where(table.c.code == "alone")) == "alone"
+    with db.autocommit() as conn:  # the thread keeps its connection
+        assert backend.execute(conn, {}).scalar() == pid
+    with db.write() as s:
+        s.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(DBAPIError), db.autocommit() as conn:
+        backend.execute(conn, {})
+    with db.autocommit() as conn:
+        assert backend.execute(conn, {}).scalar() not in (None, pid)
