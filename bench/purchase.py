@@ -337,6 +337,7 @@ def run_load(shop: Shop, product_id: str, buyers: int, count: int) -> tuple[list
 
 
 DOWNSTREAM = ("referral", "payout", "risk")
+SERVICES = ("catalog", "delivery", *DOWNSTREAM)
 
 
 def _worker_pids(services) -> dict[str, int]:
@@ -363,10 +364,10 @@ def _inbox_depth(services) -> int:
 
 
 @contextmanager
-def downstream_paused():
+def downstream_paused(services=DOWNSTREAM):
     """The other services' workers stopped (SIGSTOP: their events wait, durable, in their
     inboxes) for the duration; yields their pids by service."""
-    pids = _worker_pids(DOWNSTREAM)
+    pids = _worker_pids(services)
     for pid in pids.values():
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -510,7 +511,8 @@ def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int,
         except Exception:
             pass
         if reference:
-            ref = point["reference"] = measure_reference(buyers, orders)
+            with downstream_paused(SERVICES):  # idle, they still poll: not the bare-minimum shop's cost
+                ref = point["reference"] = measure_reference(buyers, orders)
             point["share_of_reference"] = round(point["orders_per_s"] / ref["orders_per_s"], 3) \
                 if ref["orders_per_s"] else None
             print(f"  bare-minimum shop, {buyers:>3} buyers: {ref['orders_per_s']:>6} orders/s, paid->delivered "
