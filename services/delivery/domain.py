@@ -246,12 +246,19 @@ class TermsCache:
 terms_cache = TermsCache()
 
 
-def _check_terms(terms, quantity: int) -> None:
+def _refusal(terms, quantity: int) -> ApiError | None:
     if terms is None or terms.status != "active" or terms.merchant_status != "active":
-        raise ApiError(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
+        return ApiError(422, "unknown_product", "no such product on sale", {"product_id": ["unknown product"]})
     if quantity > terms.max_per_order:
-        raise ApiError(422, "invalid", f"at most {terms.max_per_order} per order",
-                      {"quantity": [f"must be at most {terms.max_per_order}"]})
+        return ApiError(422, "invalid", f"at most {terms.max_per_order} per order",
+                        {"quantity": [f"must be at most {terms.max_per_order}"]})
+    return None
+
+
+def _check_terms(terms, quantity: int) -> None:
+    refusal = _refusal(terms, quantity)
+    if refusal is not None:
+        raise refusal
 
 
 def _new_order(terms, data: dict, client: dict, provider: str, now: datetime, settings) -> tuple[dict, str, dict]:
@@ -282,15 +289,22 @@ def _new_order(terms, data: dict, client: dict, provider: str, now: datetime, se
     return values, token, created
 
 
+_PG = postgresql.dialect()
+
+
+def _typed_binds(columns, prefix: str = "") -> str:
+    """``CAST(:name AS type), ...``: a bind in a SELECT list gets no type from the column it
+    is inserted into (``INSERT ... SELECT``), and text would not convert to JSON."""
+    return ", ".join(f"CAST(:{prefix}{c.name} AS {c.type.compile(dialect=_PG)})" for c in columns)
+
+
 def _place_order_statement():
     """PostgreSQL, one statement in its own transaction: check the terms read earlier are still
     current, lock ``quantity`` unsold keys (``SKIP LOCKED``), and only if there are that many
     insert the order, take the locked keys out of the pool, record them and write the
     ``delivery.order.created`` outbox row. Nothing is written unless all of it is: the keys
     are locked before anything depends on them, so no shortfall has to be undone."""
-    pg = postgresql.dialect()
     columns = [c.name for c in _O.columns]
-    typed = ", ".join(f"CAST(:{c.name} AS {c.type.compile(dialect=pg)})" for c in _O.columns)
     announce, announce_binds = outbox.inline_values(1)
     return DriverStatement(text(f"""
         WITH terms AS (
@@ -301,7 +315,7 @@ def _place_order_statement():
             SELECT key_id FROM key_pool WHERE product_id = :product_id AND EXISTS (SELECT FROM terms)
             ORDER BY key_id LIMIT :quantity FOR UPDATE SKIP LOCKED),
         new_order AS (
-            INSERT INTO orders ({", ".join(columns)}) SELECT {typed}
+            INSERT INTO orders ({", ".join(columns)}) SELECT {_typed_binds(_O.columns)}
             WHERE EXISTS (SELECT FROM terms) AND (SELECT count(*) FROM candidates) = :quantity
             RETURNING order_no),
         claimed AS (
@@ -340,11 +354,10 @@ def create_order(db, settings, data: dict, client: dict, provider: str,
 def _place_order_at_once(conn, settings, data, client, provider, now):
     """None when the product sells reusable keys (``_place_order`` does that)."""
     product_id, quantity = data["product_id"], data["quantity"]
-    terms, fresh = terms_cache.get(product_id), False
-    for _ in range(3):  # a stale cache entry is read again; terms changing twice in a row is rare
-        if terms is None or not fresh and (terms.status != "active" or terms.merchant_status != "active"
-                                           or quantity > terms.max_per_order):
-            terms, fresh = terms_cache.read(conn, product_id), True
+    terms = terms_cache.get(product_id)
+    if terms is None or _refusal(terms, quantity):  # never refuse on what may be stale
+        terms = terms_cache.read(conn, product_id)
+    for _ in range(3):  # terms changing under an order three times running is rare enough
         _check_terms(terms, quantity)
         if terms.reusable_keys:
             return None
@@ -357,7 +370,7 @@ def _place_order_at_once(conn, settings, data, client, provider, now):
                 raise ApiError(409, "out_of_stock", "not enough keys in stock for this order")
             metrics.orders.labels("pending").inc()
             return SimpleNamespace(**values), token
-        terms, fresh = None, False
+        terms = terms_cache.read(conn, product_id)  # changed since this process cached it
     raise ApiError(503, "busy", "the product changed while ordering; try again")
 
 
@@ -426,16 +439,15 @@ def _pay_and_sell_statement(events: int) -> DriverStatement:
     order under a lock or not, nothing is written unless the order is as it was read; the
     unique (provider, txn_id) still decides what is a replay. Returns ``current`` (the order
     was as read) and ``recorded`` (the payment was new)."""
-    pg = postgresql.dialect()
     announce, announce_binds = outbox.inline_values(events)
     payment_binds = [bindparam(f"payment_{c}", type_=_Pay.c[c].type) for c in _PAYMENT_COLUMNS]
-    typed = ", ".join(f"CAST(:payment_{c} AS {_Pay.c[c].type.compile(dialect=pg)})" for c in _PAYMENT_COLUMNS)
+    payment = _typed_binds([_Pay.c[c] for c in _PAYMENT_COLUMNS], "payment_")
     return DriverStatement(text(f"""
         WITH current AS (
             SELECT FROM orders WHERE order_no = :payment_order_no AND status = 'pending'
               AND risk_decision IS NOT DISTINCT FROM CAST(:seen_decision AS VARCHAR) FOR UPDATE),
         recorded AS (
-            INSERT INTO {_Pay.name} ({", ".join(_PAYMENT_COLUMNS)}) SELECT {typed} FROM current
+            INSERT INTO {_Pay.name} ({", ".join(_PAYMENT_COLUMNS)}) SELECT {payment} FROM current
             ON CONFLICT (provider, txn_id) DO NOTHING RETURNING id),
         sold AS (
             UPDATE orders SET status = :order_status, paid_at = :paid_at, delivered_at = :delivered_at
