@@ -444,13 +444,17 @@ def build(seed: int, scale: float, days: float, with_payer: bool) -> World:
     return w
 
 
-def run(world: World, db_dir: Path) -> dict:
+def run(world: World, db_dir: Path, database_url: str | None = None) -> dict:
     from services.risk.models import Base, inbox, outbox
     from services.risk.events import handlers
     from shared.db import Database
     from shared.inbox import Consumer, NotReady
 
-    db = Database(f"sqlite:///{db_dir / 'risk.db'}", Base.metadata)
+    if database_url:  # PostgreSQL, production's backend: a fresh database for the run
+        from scripts.stack import drop_database, ensure_database
+        drop_database(database_url)
+        ensure_database(database_url)
+    db = Database(database_url or f"sqlite:///{db_dir / 'risk.db'}", Base.metadata)
     db.create_all()
     consumer = Consumer("risk", db, inbox, handlers)
     created_s, created_n, started = 0.0, 0, time.perf_counter()
@@ -593,10 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-days", type=float, default=5)
     parser.add_argument("--no-payer", action="store_true", help="a provider that names no payment account")
     parser.add_argument("--no-write", action="store_true", help="print only, write no result file")
+    parser.add_argument("--database-url", help="a PostgreSQL database to run on, dropped and created afresh "
+                        "(postgresql+psycopg://...; default: a temporary SQLite file)")
     args = parser.parse_args(argv)
     world = build(args.seed, args.scale, args.days, not args.no_payer)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(world, Path(tmp))
+        result = run(world, Path(tmp), args.database_url)
     figures = score(world, result, args.warmup_days)
     orders = result["created_n"]
     record = {
@@ -608,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": {"orders_per_s": round(orders / result["total_s"], 1),
                        "events_per_s": round(result["events"] / result["total_s"], 1),
                        "assessments_per_s": round(orders / result["created_s"], 1),
-                       "note": "one risk worker, SQLite, every event in its own transaction through the inbox"},
+                       "note": f"one risk worker, {'PostgreSQL' if args.database_url else 'SQLite'}, "
+                               "every event in its own transaction through the inbox"},
         "goals": {"false_positive_rate_below": 0.001, "self_referral_recall_above": 0.95},
     }
     record["goals"]["met"] = (figures["false_positive_rate"] or 0) < 0.001 and \

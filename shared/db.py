@@ -15,7 +15,7 @@ from datetime import timezone
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -210,6 +210,12 @@ class _DriverResult:
     def scalar(self):
         row = self.first()
         return row[0] if row is not None else None
+
+    def one(self):
+        rows = self.all()
+        if len(rows) != 1:
+            raise NoResultFound("no row was found") if not rows else MultipleResultsFound("more than one row")
+        return rows[0]
 
     def scalars(self) -> list:
         return [row[0] for row in self._cursor.fetchall()]

@@ -14,6 +14,7 @@ from functools import lru_cache
 from sqlalchemy import BigInteger, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
+from shared.db import DriverStatement
 from shared.errors import ApiError
 from shared.identity import email_hash, normalise_email
 from shared.inbox import NotReady
@@ -27,13 +28,20 @@ SOURCE_DIMENSIONS = (("device_id", "device"), ("email_hash", "email"), ("ip", "I
 ROW_CAP = 500  # rows read per source and window: enough for every limit, bounded on a busy NAT
 
 
+_DRIVEN: dict = {}
+
+
 def _run(session: Session, statement, params: dict):
-    """A statement built once (its compiled form and cache key are reused), run on the
-    session's connection after the autoflush an ORM query would do: what this transaction
-    added (e.g. the orders of earlier events in the same batch) is seen, as before."""
+    """A statement built once, run on the session's connection after the autoflush an ORM
+    query would do: what this transaction added (e.g. the orders of earlier events in the
+    same batch) is seen, as before. On PostgreSQL it skips SQLAlchemy's execution machinery
+    (``DriverStatement``): a third of the worker's CPU went there, a dozen statements an order."""
     if session.autoflush:
         session.flush()
-    return session.connection().execute(statement, params)
+    driven = _DRIVEN.get(statement)
+    if driven is None:
+        driven = _DRIVEN[statement] = DriverStatement(statement)
+    return driven.execute(session, params)
 
 
 # -- identities ------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_errors_are_sqlalchemys_and_the_connection_stays_usable(probe):
 
 
 def test_autocommit_statements_commit_alone_and_a_dropped_connection_is_replaced(probe):
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import DBAPIError, NoResultFound
     db, table = probe
     add = DriverStatement(text(f"INSERT INTO {table.name} (code) VALUES (:code)"))
     backend = DriverStatement(text("SELECT pg_backend_pid()"))
@@ -74,7 +74,9 @@ def test_autocommit_statements_commit_alone_and_a_dropped_connection_is_replaced
     with db.read() as s:  # committed by itself, no COMMIT sent
         assert s.scalar(select(table.c.code).where(table.c.code == "alone")) == "alone"
     with db.autocommit() as conn:  # the thread keeps its connection
-        assert backend.execute(conn, {}).scalar() == pid
+        assert backend.execute(conn, {}).one()[0] == pid
+        with pytest.raises(NoResultFound):  # as SQLAlchemy's Result.one()
+            DriverStatement(text(f"SELECT code FROM {table.name} WHERE code = 'none'")).execute(conn, {}).one()
     with db.write() as s:
         s.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     with pytest.raises(DBAPIError), db.autocommit() as conn:
