@@ -21,10 +21,10 @@ import json
 from collections import defaultdict
 from datetime import datetime, timezone
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from shared.db import MultiRowInsert
+from shared.db import DriverStatement, MultiRowInsert
 
 from .models import Account, Entry, LedgerHead, Posting
 
@@ -66,14 +66,24 @@ def _dialect_insert(session: Session):
     return dialect_insert
 
 
+_head, _entries = LedgerHead.__table__, Entry.__table__
+# Every append runs these: built once and run as DriverStatements (SQLAlchemy's execution
+# machinery cost more than PostgreSQL's work on them), in the session's transaction.
+_HEAD = DriverStatement(select(_head.c.seq, _head.c.hash).where(_head.c.id == HEAD_ID).with_for_update())
+_SET_HEAD = DriverStatement(update(_head).where(_head.c.id == HEAD_ID)
+                            .values(seq=bindparam("seq"), hash=bindparam("hash")))
+_ENTRY_OF_KEY = DriverStatement(select(_entries.c.id).where(_entries.c.key == bindparam("key")))
+_INSERT_ENTRY = DriverStatement(insert(_entries).values(
+    {c: bindparam(c) for c in ("seq", "key", "kind", "order_no", "withdrawal_id", "memo", "created_at",
+                               "prev_hash", "hash")}).returning(_entries.c.id))
+
+
 def _lock_head(session: Session) -> tuple[int, str]:
-    table = LedgerHead.__table__
-    query = select(table.c.seq, table.c.hash).where(table.c.id == HEAD_ID).with_for_update()
-    row = session.execute(query).first()
+    row = _HEAD.execute(session, {}).first()
     if row is None:
-        session.execute(_dialect_insert(session)(table).values(id=HEAD_ID, seq=0, hash=GENESIS)
+        session.execute(_dialect_insert(session)(_head).values(id=HEAD_ID, seq=0, hash=GENESIS)
                         .on_conflict_do_nothing(index_elements=["id"]))
-        row = session.execute(query).first()
+        row = _HEAD.execute(session, {}).first()
     return row.seq, row.hash
 
 
@@ -103,15 +113,17 @@ def post(session: Session, key: str, kind: str, postings, *, now: datetime, orde
         raise UnbalancedEntry(f"entry {key}: postings sum to {sum(c for _, c in lines)}, not 0")
     if not lines:
         return None
+    if session.autoflush:  # what the caller added goes in first, as a session.execute would do
+        session.flush()
     seq, prev = _lock_head(session)
-    if session.scalar(select(Entry.id).where(Entry.key == key)) is not None:
+    if _ENTRY_OF_KEY.execute(session, {"key": key}).first() is not None:
         return None  # posted before; under the head lock nobody else can be posting it now
     seq += 1
     digest = entry_hash(prev, seq, key, kind, order_no, withdrawal_id, memo, now, lines)
     # A racing duplicate cannot pass the check above, but if it did the unique key refuses it.
-    entry_id = session.execute(insert(Entry).values(
+    entry_id = _INSERT_ENTRY.execute(session, dict(
         seq=seq, key=key, kind=kind, order_no=order_no, withdrawal_id=withdrawal_id, memo=memo,
-        created_at=now, prev_hash=prev, hash=digest)).inserted_primary_key[0]
+        created_at=now, prev_hash=prev, hash=digest)).scalar()
     conn = session.connection()
     _INSERT_POSTINGS.execute(conn, [{"entry_id": entry_id, "account": name, "amount_cents": cents,
                                      "order_no": order_no} for name, cents in lines])
@@ -120,8 +132,7 @@ def post(session: Session, key: str, kind: str, postings, *, now: datetime, orde
     _MOVE_BALANCES.execute(conn, [{"name": name, "owner": split_account(name)[0], "kind": split_account(name)[1],
                                    "balance_cents": cents, "reserved_cents": 0, "created_at": now}
                                   for name, cents in lines])
-    head = LedgerHead.__table__
-    session.execute(update(head).where(head.c.id == HEAD_ID).values(seq=seq, hash=digest))
+    _SET_HEAD.execute(session, {"seq": seq, "hash": digest})
     return seq
 
 
