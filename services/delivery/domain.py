@@ -649,15 +649,15 @@ def fill_awaiting_orders(session: Session, settings, product_id: str, now: datet
     return delivered
 
 
-_DECISION_STATE = select(_O.c.status, _O.c.risk_decision).where(_O.c.order_no == bindparam("order_no")) \
-    .with_for_update()
-_SET_DECISION = update(_O).where(_O.c.order_no == bindparam("key")).values(risk_decision=bindparam("decision"))
+_DECISION_STATE = DriverStatement(select(_O.c.status, _O.c.risk_decision).where(_O.c.order_no == bindparam("order_no"))
+                                  .with_for_update())
+_SET_DECISION = DriverStatement(update(_O).where(_O.c.order_no == bindparam("key"))
+                                .values(risk_decision=bindparam("decision")))
 
 
 def apply_risk_decision(session: Session, settings, payload: dict, now: datetime) -> None:
     from shared.inbox import NotReady
-    conn = session.connection()
-    state = conn.execute(_DECISION_STATE, {"order_no": payload["order_no"]}).first()
+    state = _DECISION_STATE.execute(session, {"order_no": payload["order_no"]}).first()
     if state is None:
         raise NotReady(f"order {payload['order_no']} not seen yet")
     if state.risk_decision not in (None, "review"):
@@ -667,7 +667,7 @@ def apply_risk_decision(session: Session, settings, payload: dict, now: datetime
             and not (decision == "reject" and state.status == "pending"):
         # Most decisions land on an order not yet paid (or, with screening off, already
         # delivered): nothing to sell or refund now, only the decision to keep.
-        conn.execute(_SET_DECISION, {"key": payload["order_no"], "decision": decision})
+        _SET_DECISION.execute(session, {"key": payload["order_no"], "decision": decision})
         return
     order = session.get(Order, payload["order_no"])
     order.risk_decision = decision
