@@ -37,6 +37,7 @@ class Database:
         # The same pool; on checkout the connection is put in autocommit (a client-side switch in psycopg).
         self._autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._local = threading.local()
+        self._autocommit_conns: set = set()  # every thread's, for dispose()
         self._read = sessionmaker(bind=engine, expire_on_commit=False)
         self._write = sessionmaker(bind=write_engine, expire_on_commit=False)
 
@@ -69,7 +70,8 @@ class Database:
         """A connection on which every statement is its own transaction: a change made in one
         statement costs one round trip instead of three (BEGIN, the statement, COMMIT). For a
         hot path that has folded its reads, checks and writes into a single statement; anything
-        that needs two statements to agree belongs in ``write``.
+        that needs two statements to agree belongs in ``write``. (PostgreSQL: SQLite's callers
+        take ``write``, its one writer needs BEGIN IMMEDIATE.)
 
         Each thread keeps its own such connection (checking one out of the pool and back in
         cost more CPU than the statement's own client work); a dropped one is invalidated by
@@ -78,7 +80,9 @@ class Database:
         if conn is None or conn.invalidated or conn.closed:
             if conn is not None:
                 conn.close()
+                self._autocommit_conns.discard(conn)
             conn = self._local.autocommit = self._autocommit_engine.connect()
+            self._autocommit_conns.add(conn)
         try:
             yield conn
         except BaseException:
@@ -99,10 +103,9 @@ class Database:
             return False
 
     def dispose(self) -> None:
-        conn = getattr(self._local, "autocommit", None)
-        if conn is not None:
+        for conn in list(self._autocommit_conns):  # at shutdown: no thread uses them any more
             conn.close()
-            self._local.autocommit = None
+        self._autocommit_conns.clear()
         self.engine.dispose()
 
 
