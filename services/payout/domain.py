@@ -34,9 +34,10 @@ import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from shared.db import DriverStatement
 from shared.errors import ApiError
 from shared.inbox import NotReady
 from shared.projection import merchant_for_token as projected_merchant_for_token
@@ -103,10 +104,21 @@ def _share(session: Session, order_no: str, level: int) -> Share | None:
     return session.get(Share, (order_no, level), with_for_update=True)
 
 
+_orders_t, _shares_t = PayoutOrder.__table__, Share.__table__
+# Every delivered order runs these (the ORM's get, add and flush cost more than the rest of
+# the settlement): built once, run on the session's cursor after its autoflush.
+_ORDER_SETTLED = DriverStatement(select(_orders_t.c.order_no).where(_orders_t.c.order_no == bindparam("order_no"))
+                                 .with_for_update())
+_INSERT_ORDER = DriverStatement(insert(_orders_t).values({c.name: bindparam(c.name) for c in _orders_t.columns}))
+_INSERT_SHARE = DriverStatement(insert(_shares_t).values({c.name: bindparam(c.name) for c in _shares_t.columns}))
+
+
 def settle_delivered(session: Session, cfg: PayoutConfig, p: dict, occurred_at: datetime, now: datetime) -> None:
     """clearing → platform fee + merchant pending, once per order (key ``delivered:<order_no>``)."""
     order_no = p["order_no"]
-    if _order(session, order_no) is not None:
+    if session.autoflush:
+        session.flush()
+    if _ORDER_SETTLED.execute(session, {"order_no": order_no}).first() is not None:
         return
     amount = _cents(p["amount_cents"], "amount_cents")
     fee_bps = _cents(p.get("fee_bps"), "fee_bps")
@@ -118,18 +130,18 @@ def settle_delivered(session: Session, cfg: PayoutConfig, p: dict, occurred_at: 
     fee = amount * fee_bps // 10000  # floored: the remainder stays with the merchant
     delivered_at = parse_time(p.get("delivered_at"), occurred_at)
     clearing = ledger.account(f"provider:{p.get('provider') or cfg.clearing_provider}", "clearing")
-    order = PayoutOrder(order_no=order_no, merchant_id=p["merchant_id"], product_id=p.get("product_id") or "",
-                        quantity=_cents(p.get("quantity", 1), "quantity", 1), amount_cents=amount, fee_bps=fee_bps,
-                        fee_cents=fee, currency=currency, clearing_account=clearing, refunded_cents=0,
-                        refunded_fee_cents=0, refunded_quantity=0, delivered_at=delivered_at,
-                        hold_until=delivered_at + timedelta(seconds=cfg.hold_seconds), release_runs=0)
-    session.add(order)
-    session.add(Share(order_no=order_no, level=MERCHANT_LEVEL, owner=merchant_owner(order.merchant_id),
-                      accrued_cents=amount - fee, reversed_cents=0, amount_cents=amount - fee, released=False))
-    session.flush()
+    merchant = merchant_owner(p["merchant_id"])
+    _INSERT_ORDER.execute(session, dict(
+        order_no=order_no, merchant_id=p["merchant_id"], product_id=p.get("product_id") or "",
+        quantity=_cents(p.get("quantity", 1), "quantity", 1), amount_cents=amount, fee_bps=fee_bps,
+        fee_cents=fee, currency=currency, clearing_account=clearing, refunded_cents=0, refunded_fee_cents=0,
+        refunded_quantity=0, delivered_at=delivered_at, hold_until=delivered_at + timedelta(seconds=cfg.hold_seconds),
+        released_at=None, release_runs=0))
+    _INSERT_SHARE.execute(session, dict(
+        order_no=order_no, level=MERCHANT_LEVEL, owner=merchant, user_id=None, rate_bps=None,
+        accrued_cents=amount - fee, reversed_cents=0, amount_cents=amount - fee, released=False, released_at=None))
     ledger.post(session, f"delivered:{order_no}", "delivered",
-                [(clearing, -amount), (PLATFORM_FEES, fee),
-                 (ledger.account(merchant_owner(order.merchant_id), "pending"), amount - fee)],
+                [(clearing, -amount), (PLATFORM_FEES, fee), (ledger.account(merchant, "pending"), amount - fee)],
                 now=now, order_no=order_no)
 
 
