@@ -81,9 +81,15 @@ class KeyPool(Base):
 
 class Order(Base):
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_status_expiry", "status", "expires_at"),
+    # The expiry job and the restock only ever look for pending and awaiting-stock orders: partial
+    # indexes hold just those (small however many orders there were), and a payment that moves an
+    # order on writes no entry into them.
+    __table_args__ = (Index("ix_orders_pending_expiry", "expires_at", postgresql_where=text("status = 'pending'"),
+                            sqlite_where=text("status = 'pending'")),
                       Index("ix_orders_product_delivered", "product_id", "delivered_at"),
-                      Index("ix_orders_awaiting", "product_id", "status", "paid_at"))
+                      Index("ix_orders_awaiting_stock", "product_id", "paid_at",
+                            postgresql_where=text("status = 'awaiting_stock'"),
+                            sqlite_where=text("status = 'awaiting_stock'")))
     order_no: Mapped[str] = mapped_column(String(32), primary_key=True)
     product_id: Mapped[str] = mapped_column(String(40))
     merchant_id: Mapped[str] = mapped_column(String(40))
