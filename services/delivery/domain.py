@@ -480,7 +480,7 @@ def apply_payment(db, settings, provider: str, notice, now: datetime) -> str:
         with db.autocommit() as conn:
             order = _ORDER_READ.execute(conn, {"order_no": notice.order_no}).first()
             if _sells_at_once(order, provider, notice, settings):
-                outcome = _pay_and_sell(conn, order, provider, notice, now, risk_gate(order, settings), _at_once)
+                outcome = _pay_and_sell(conn, order, provider, notice, now, risk_gate(order, settings))
                 if outcome is not None:
                     return outcome
     with db.write() as session:
@@ -491,10 +491,6 @@ def _sells_at_once(order, provider: str, notice, settings) -> bool:
     return (order is not None and order.provider == provider and notice.status == "paid"
             and order.status == "pending" and notice.amount_cents == order.amount_cents
             and notice.currency == order.currency and risk_gate(order, settings) != "reject")
-
-
-def _at_once(callback) -> None:
-    callback()
 
 
 def _apply_payment_locked(session: Session, settings, provider: str, notice, now: datetime) -> str:
@@ -508,8 +504,7 @@ def _apply_payment_locked(session: Session, settings, provider: str, notice, now
     if notice.status != "paid":
         return "ignored"
     if _sells_at_once(order, provider, notice, settings):
-        outcome = _pay_and_sell(conn, order, provider, notice, now, risk_gate(order, settings),
-                                lambda callback: after_commit(session, callback), session)
+        outcome = _pay_and_sell(conn, order, provider, notice, now, risk_gate(order, settings), session)
         if outcome is None:
             raise RuntimeError(f"order {order.order_no} changed under its row lock")
         return outcome
@@ -537,13 +532,13 @@ def _apply_payment_locked(session: Session, settings, provider: str, notice, now
     return orm_order.status
 
 
-def _pay_and_sell(conn, order, provider: str, notice, now: datetime, gate: str, on_commit,
+def _pay_and_sell(conn, order, provider: str, notice, now: datetime, gate: str,
                   session: Session | None = None) -> str | None:
     """A pending order paid in full: it holds all its keys, so selling them is the status
     change. PostgreSQL does it in one statement; SQLite (always under the lock, ``session``
     given) records the payment (a replay stops there), updates the order and adds the events.
-    ``on_commit`` runs a callback once the change is committed. None: the order is no longer
-    as read (decide again under the lock)."""
+    No ``session``: ``conn`` is in autocommit. None: the order is no longer as read (decide
+    again under the lock)."""
     delivered_at = utcnow() if gate == "approve" else None
     status = "delivered" if delivered_at else "paid"
     events = [outbox.row("delivery.order.paid", _paid_payload(order, provider, notice, now), order.order_no)]
@@ -572,10 +567,10 @@ def _pay_and_sell(conn, order, provider: str, notice, now: datetime, gate: str, 
         return "replay"
     if session is not None:
         outbox.written(session)
-    on_commit(lambda: metrics.orders.labels("paid").inc())
+    _when_committed(session, lambda: metrics.orders.labels("paid").inc())
     if delivered_at is None:
         return "paid"
-    _observe_delivery(on_commit, order, now, "payment")
+    _observe_delivery(session, order, now, "payment")
     return "delivered"
 
 
@@ -621,10 +616,19 @@ def _announce_delivery(session: Session, order, paid_at: datetime, delivered_at:
                        waited_for: str) -> None:
     outbox.add(session, "delivery.order.delivered", _delivered_payload(order, paid_at, delivered_at),
                order.order_no)
-    _observe_delivery(lambda callback: after_commit(session, callback), order, paid_at, waited_for)
+    _observe_delivery(session, order, paid_at, waited_for)
 
 
-def _observe_delivery(on_commit, order, paid_at: datetime, waited_for: str) -> None:
+def _when_committed(session: Session | None, callback) -> None:
+    """``callback`` once the change is committed: at the session's commit, or now when there is
+    no session (the change was an autocommit statement, committed already)."""
+    if session is None:
+        callback()
+    else:
+        after_commit(session, callback)
+
+
+def _observe_delivery(session: Session | None, order, paid_at: datetime, waited_for: str) -> None:
     amount, currency = order.amount_cents, order.currency
 
     def observe():  # from the payment notice's arrival to the commit that delivered the keys
@@ -633,7 +637,7 @@ def _observe_delivery(on_commit, order, paid_at: datetime, waited_for: str) -> N
         # of the buyer-facing latency the alert watches.
         metrics.delivery_latency.labels(waited_for).observe((utcnow() - paid_at).total_seconds())
         metrics.revenue_cents.labels(currency).inc(amount)
-    on_commit(observe)
+    _when_committed(session, observe)
 
 
 def fill_awaiting_orders(session: Session, settings, product_id: str, now: datetime) -> int:

@@ -126,8 +126,7 @@ def test_a_payment_writes_nothing_when_its_order_changed_after_the_read(db):
     with db.write() as s:  # risk's decision lands between the read and the statement
         s.execute(text("UPDATE orders SET risk_decision = 'review' WHERE order_no = :o"), {"o": order.order_no})
     with db.autocommit() as conn:
-        assert domain._pay_and_sell(conn, seen, "sandbox", _notice(order, "t-stale"), NOW, "approve",
-                                    lambda callback: callback()) is None
+        assert domain._pay_and_sell(conn, seen, "sandbox", _notice(order, "t-stale"), NOW, "approve") is None
     assert _count(db, Payment) == 0
     with db.read() as s:
         assert s.get(Order, order.order_no).status == "pending"
