@@ -515,15 +515,9 @@ def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int,
             with downstream_paused(SERVICES):  # idle, they still poll: not the bare-minimum shop's cost
                 refs = [measure_reference(buyers, orders), measure_reference(buyers, orders)]
             again = _purchase_path_point(shop, product_id, buyers, orders, quiet=True)
-            point["orders"] += again.pop("orders")
-            point["orders_per_s_runs"] = [point["orders_per_s"], again["orders_per_s"]]
-            point["errors"] = dict(Counter(point["errors"]) + Counter(again["errors"]))
-            point["orders_per_s"] = round(sum(point["orders_per_s_runs"]) / 2, 1)
-            ref = point["reference"] = {**refs[0], "orders_per_s_runs": [r["orders_per_s"] for r in refs],
-                                        "orders_per_s": round(sum(r["orders_per_s"] for r in refs) / 2, 1),
-                                        "errors": dict(Counter(refs[0]["errors"]) + Counter(refs[1]["errors"])),
-                                        "order_statuses": dict(Counter(refs[0]["order_statuses"])
-                                                               + Counter(refs[1]["order_statuses"]))}
+            point = points[-1] = {**_both_runs(point, again), "orders": point["orders"] + again["orders"]}
+            ref = point["reference"] = {**_both_runs(*refs), "order_statuses": dict(
+                Counter(refs[0]["order_statuses"]) + Counter(refs[1]["order_statuses"]))}
             point["share_of_reference"] = round(point["orders_per_s"] / ref["orders_per_s"], 3) \
                 if ref["orders_per_s"] else None
             print(f"  bare-minimum shop, {buyers:>3} buyers: {ref['orders_per_s_runs']} orders/s, paid->delivered "
@@ -531,6 +525,13 @@ def run_sweep(shop: Shop, product_id: str, buyer_counts: list[int], orders: int,
                   f"CPU {ref['cpu_ms_per_order'].get('total')} ms/order; then Linkshop {again['orders_per_s']}: "
                   f"Linkshop makes {point['share_of_reference']:.0%} of its throughput", flush=True)
     return points
+
+
+def _both_runs(first: dict, second: dict) -> dict:
+    """Two runs of a point as one: the first's figures, the mean throughput and every error."""
+    runs = [first["orders_per_s"], second["orders_per_s"]]
+    return {**first, "orders_per_s_runs": runs, "orders_per_s": round(sum(runs) / 2, 1),
+            "errors": dict(Counter(first["errors"]) + Counter(second["errors"]))}
 
 
 def _purchase_path_point(shop: Shop, product_id: str, buyers: int, orders: int, quiet: bool = False) -> dict:
