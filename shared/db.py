@@ -167,7 +167,14 @@ class DriverStatement:
         self._row = namedtuple("Row", names, rename=True)._make if names else None
 
     def execute(self, target: Session | Connection, params: dict):
-        conn = target.connection() if isinstance(target, Session) else target
+        """``target``: a Session (its pending ORM changes are flushed first, as its own
+        queries would autoflush them, so the statement sees them) or a Connection."""
+        if isinstance(target, Session):
+            if target.autoflush:
+                target.flush()  # cheap when nothing is pending
+            conn = target.connection()
+        else:
+            conn = target
         dialect = conn.dialect
         if dialect.name != "postgresql":
             return conn.execute(self.statement, params)
@@ -196,6 +203,20 @@ class DriverStatement:
             if process is not None:
                 processors.append((compiled.escaped_bind_names.get(name, name), process))
         return compiled.string, compiled.construct_params, processors
+
+
+_driven: dict = {}
+
+
+def run(target: Session | Connection, statement, params: dict):
+    """Run a Core statement built once (a module-level constant) as a ``DriverStatement``,
+    compiled on its first use and kept here: the caller keeps the plain Core statement. Keyed
+    by the statement object itself, so pass the same object every time, never one built per
+    call (that would fill this cache)."""
+    driven = _driven.get(statement)
+    if driven is None:
+        driven = _driven[statement] = DriverStatement(statement)
+    return driven.execute(target, params)
 
 
 class _DriverResult:

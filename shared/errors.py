@@ -1,7 +1,9 @@
-"""JSON errors: ``{"error": {"code", "message", "fields"}}`` for every 4xx and 5xx.
+"""Errors: the domain's, and their JSON form ``{"error": {"code", "message", "fields"}}``.
 
-``ApiError`` is plain Python, so domain rules raise it without knowing about Flask; only the
-functions below that turn it into a response touch Flask.
+Domain modules raise ``DomainError`` subclasses (not found, out of stock, conflict, ...): they
+say what went wrong in the domain's words and know nothing of HTTP. ``HTTP_STATUS`` below is
+the one place that maps them to a status code. ``ApiError`` carries a status of its own and
+is for the HTTP layer (auth, request parsing, idempotency keys).
 """
 from __future__ import annotations
 
@@ -10,6 +12,58 @@ import logging
 from marshmallow import Schema, ValidationError
 
 log = logging.getLogger("linkshop.errors")
+
+
+class DomainError(Exception):
+    """A rule refused the request. ``code``: a stable machine-readable word (each subclass
+    has a default); ``fields``: which input field was wrong, and why."""
+
+    code = "refused"
+
+    def __init__(self, message: str, fields: dict | None = None, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+        if code is not None:
+            self.code = code
+
+
+class Invalid(DomainError):
+    """The input breaks a rule (a quantity over the limit, an unknown reference)."""
+    code = "invalid"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+class Conflict(DomainError):
+    """The thing is not in a state that allows this (already refunded, not delivered...)."""
+    code = "conflict"
+
+
+class OutOfStock(Conflict):
+    code = "out_of_stock"
+
+
+class Unavailable(DomainError):
+    """Try again shortly (contention, a dependency not ready)."""
+    code = "busy"
+
+
+# The one mapping from the domain's errors to HTTP; the most specific class wins.
+HTTP_STATUS: dict[type, int] = {Invalid: 422, NotFound: 404, Forbidden: 403, Conflict: 409, Unavailable: 503}
+
+
+def http_status(error: DomainError) -> int:
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 400
 
 
 class ApiError(Exception):
@@ -61,6 +115,10 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.fields)
+
+    @app.errorhandler(DomainError)
+    def _domain_error(exc: DomainError):
+        return error_response(http_status(exc), exc.code, exc.message, exc.fields)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -116,8 +116,6 @@ _INSERT_SHARE = DriverStatement(insert(_shares_t).values({c.name: bindparam(c.na
 def settle_delivered(session: Session, cfg: PayoutConfig, p: dict, occurred_at: datetime, now: datetime) -> None:
     """clearing → platform fee + merchant pending, once per order (key ``delivered:<order_no>``)."""
     order_no = p["order_no"]
-    if session.autoflush:
-        session.flush()
     if _ORDER_SETTLED.execute(session, {"order_no": order_no}).first() is not None:
         return
     amount = _cents(p["amount_cents"], "amount_cents")

@@ -113,8 +113,6 @@ def post(session: Session, key: str, kind: str, postings, *, now: datetime, orde
         raise UnbalancedEntry(f"entry {key}: postings sum to {sum(c for _, c in lines)}, not 0")
     if not lines:
         return None
-    if session.autoflush:  # what the caller added goes in first, as a session.execute would do
-        session.flush()
     seq, prev = _lock_head(session)
     if _ENTRY_OF_KEY.execute(session, {"key": key}).first() is not None:
         return None  # posted before; under the head lock nobody else can be posting it now

@@ -14,7 +14,7 @@ from functools import lru_cache
 from sqlalchemy import BigInteger, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.db import DriverStatement
+from shared.db import run
 from shared.errors import ApiError
 from shared.identity import email_hash, normalise_email
 from shared.inbox import NotReady
@@ -26,22 +26,6 @@ from .rules import Hit, RuleBook, rule_book
 BLOCK_KINDS = ("email", "email_domain", "ip", "device")
 SOURCE_DIMENSIONS = (("device_id", "device"), ("email_hash", "email"), ("ip", "IP"))
 ROW_CAP = 500  # rows read per source and window: enough for every limit, bounded on a busy NAT
-
-
-_DRIVEN: dict = {}
-
-
-def _run(session: Session, statement, params: dict):
-    """A statement built once, run on the session's connection after the autoflush an ORM
-    query would do: what this transaction added (e.g. the orders of earlier events in the
-    same batch) is seen, as before. On PostgreSQL it skips SQLAlchemy's execution machinery
-    (``DriverStatement``): a third of the worker's CPU went there, a dozen statements an order."""
-    if session.autoflush:
-        session.flush()
-    driven = _DRIVEN.get(statement)
-    if driven is None:
-        driven = _DRIVEN[statement] = DriverStatement(statement)
-    return driven.execute(session, params)
 
 
 # -- identities ------------------------------------------------------------------------------
@@ -175,7 +159,7 @@ def _source_rows(session: Session, order: Order, window_s: int) -> dict[str, lis
         value = getattr(order, column)
         if not value or (column == "ip" and not routable(value)):
             continue
-        rows[column] = _run(session, _SOURCE_ROWS[column], {
+        rows[column] = run(session, _SOURCE_ROWS[column], {
             "value": value, "since": since, "t": order.created_at, "order_no": order.order_no}).all()
     return rows
 
@@ -243,7 +227,7 @@ def _blocklist_hits(session: Session, book: RuleBook, order: Order, email: str |
     stmt = _BLOCKLIST.get(shape)
     if stmt is None:
         stmt = _BLOCKLIST[shape] = _blocklist_statement(shape)
-    entries = _run(session, stmt, {f"{kind}_{i}": value for kind, values in wanted.items()
+    entries = run(session, stmt, {f"{kind}_{i}": value for kind, values in wanted.items()
                                    for i, value in enumerate(values)}).all()
     return [rule.hit(f"{BLOCK_LABELS[e.kind]} is blocklisted ({e.value})" + (f": {e.reason}" if e.reason else ""))
             for e in entries]
@@ -314,7 +298,7 @@ def _product_burst_hits(session: Session, book: RuleBook, order: Order, rows: di
     if rule is None:
         return []
     p, t = rule.params, order.created_at
-    recent, unpaid = _run(session, _PRODUCT_BURST, {
+    recent, unpaid = run(session, _PRODUCT_BURST, {
         "product_id": order.product_id, "since": t - timedelta(seconds=p["window_s"]), "t": t,
         "order_no": order.order_no}).one()
     unpaid = unpaid or 0
@@ -390,7 +374,7 @@ def _payer_velocity_hits(session: Session, book: RuleBook, order: Order, rows: d
     payers = {r.payer_account for column in ("device_id", "email_hash") for r in rows.get(column, ())
               if r.payer_account and r.created_at >= since}
     for payer in sorted(payers)[:5]:
-        count = _run(session, _PAYER_PAID, {"payer": payer, "since": since, "t": order.created_at}).scalar()
+        count = run(session, _PAYER_PAID, {"payer": payer, "since": since, "t": order.created_at}).scalar()
         if count >= rule.params["limit"]:
             return [rule.hit(f"the payment account this buyer uses paid {count} orders within "
                              f"{rule.params['window_s']}s (limit {rule.params['limit']})")]
@@ -413,7 +397,7 @@ def _is_fresh(session: Session, order: Order, rows: dict) -> bool:
         stmt = _EARLIER_ORDER[columns] = select(_orders.c.order_no).where(
             or_(*[_orders.c[c] == bindparam(c) for c in columns]), _orders.c.created_at <= bindparam("t", type_=_at),
             _orders.c.order_no != bindparam("order_no")).limit(1)
-    return _run(session, stmt, {**{c: getattr(order, c) for c in columns}, "t": order.created_at,
+    return run(session, stmt, {**{c: getattr(order, c) for c in columns}, "t": order.created_at,
                                   "order_no": order.order_no}).first() is None
 
 
@@ -451,7 +435,7 @@ def assess_order(session: Session, book: RuleBook, order: Order, email: str | No
                             "product_burst", "recent_unpaid")]
     windows.append(book.rules["card_testing"].params["open_window_s"])
     rows = _source_rows(session, order, max(windows))
-    product = _run(session, _PRODUCT_STATS, {"product_id": order.product_id}).first()
+    product = run(session, _PRODUCT_STATS, {"product_id": order.product_id}).first()
     return (_blocklist_hits(session, book, order, email) + _velocity_hits(book, order, rows)
             + _payer_velocity_hits(session, book, order, rows) + _card_testing_hits(book, order, rows)
             + _product_burst_hits(session, book, order, rows) + _disposable_hits(book, order)
@@ -474,8 +458,8 @@ def _learn_amount(session: Session, order: Order) -> None:
     if session.identity_key(Product, order.product_id) not in session.identity_map \
             and not any(isinstance(o, Product) for o in session.new):
         params = {"b_id": order.product_id, "b_amount": order.amount_cents}
-        if _run(session, _BUMP_PRODUCT, params).rowcount == 0:
-            _run(session, _NEW_PRODUCT, params)
+        if run(session, _BUMP_PRODUCT, params).rowcount == 0:
+            run(session, _NEW_PRODUCT, params)
         return
     # this transaction holds the product as an object already (an earlier event of the batch)
     product = session.get(Product, order.product_id)
@@ -518,7 +502,7 @@ def on_order_created(session: Session, p: dict) -> dict | None:
     """Assess an order once and answer delivery with ``risk.order.assessed``; returns the
     decision's values (None: assessed before)."""
     if session.identity_key(Order, p["order_no"]) in session.identity_map or \
-            _run(session, _ORDER_KNOWN, {"order_no": p["order_no"]}).first() is not None:
+            run(session, _ORDER_KNOWN, {"order_no": p["order_no"]}).first() is not None:
         return None  # the same order announced again: it was assessed and answered already
     client = p.get("client") or {}
     email = p.get("email")
@@ -533,7 +517,7 @@ def on_order_created(session: Session, p: dict) -> dict | None:
     hits = assess_order(session, book, order, email)
     decision, score = book.decide(hits)
     order.buyer_ref = order.buyer_user_id  # a guest is matched to a user only if a commission needs it
-    _run(session, _INSERT_ORDER, {c.name: getattr(order, c.key) for c in _orders.columns})
+    run(session, _INSERT_ORDER, {c.name: getattr(order, c.key) for c in _orders.columns})
     if order.buyer_user_id:
         added = _add_fingerprints(session, order.buyer_user_id, [("email", order.email_hash), ("ip", order.ip),
                                                                  ("device", order.device_id)], order.created_at)
@@ -541,7 +525,7 @@ def on_order_created(session: Session, p: dict) -> dict | None:
     if decision == "approve":  # the product's usual amount is learned from orders that pass
         _learn_amount(session, order)
     row = _decision("order", order.order_no, decision, score, hits, order.created_at, order_no=order.order_no)
-    _run(session, _INSERT_DECISION, row)
+    run(session, _INSERT_DECISION, row)
     _publish_order(session, order.order_no, decision, score, row["reasons"])
     return row
 
@@ -581,18 +565,18 @@ _SET_DELIVERED = _o.update().where(_o.c.order_no == bindparam("b_order_no")).val
 def on_order_paid(session: Session, p: dict) -> None:
     if _held(session, p["order_no"]):
         return _on_order_paid(session, p)
-    state = _run(session, _PAID_STATE, {"order_no": p["order_no"]}).first()
+    state = run(session, _PAID_STATE, {"order_no": p["order_no"]}).first()
     if state is None:
         raise NotReady(f"order {p['order_no']} not seen yet")
     if state.paid_at is not None:
         return
     paid_at = parse_time(p.get("paid_at"), state.created_at)
     payer_account = (p.get("payer_account") or None)
-    _run(session, _SET_PAID, {"b_order_no": p["order_no"], "b_paid_at": paid_at, "b_payer_account": payer_account})
+    run(session, _SET_PAID, {"b_order_no": p["order_no"], "b_paid_at": paid_at, "b_payer_account": payer_account})
     if payer_account and state.buyer_user_id:
         added = _add_fingerprints(session, state.buyer_user_id, [("payer", payer_account)], paid_at)
         _rescreen_earner(session, state.buyer_user_id, added, paid_at)
-    if payer_account and _run(session, _HAS_EARNING, {"order_no": p["order_no"]}).first() is not None:
+    if payer_account and run(session, _HAS_EARNING, {"order_no": p["order_no"]}).first() is not None:
         screen_commission(session, _order(session, p["order_no"]))  # the commission came first: look again
 
 
@@ -604,7 +588,7 @@ def on_order_delivered(session: Session, p: dict) -> None:
         except ValueError:
             pass  # whether that matters depends on the order: decided as an object, below
         else:
-            if _run(session, _SET_DELIVERED, {"b_order_no": p["order_no"], "b_delivered_at": delivered_at,
+            if run(session, _SET_DELIVERED, {"b_order_no": p["order_no"], "b_delivered_at": delivered_at,
                                                 "b_paid_at": paid_at}).rowcount == 0:
                 raise NotReady(f"order {p['order_no']} not seen yet")
             return
