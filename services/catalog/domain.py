@@ -101,9 +101,9 @@ def update_product(session: Session, product: Product, changes: dict) -> Product
     price = changes.get("price_cents", product.price_cents)
     cost = changes.get("cost_cents", product.cost_cents)
     if cost > price:
-        from shared.errors import ApiError
-        raise ApiError(422, "invalid", "the request has invalid fields",
-                       {"cost_cents": ["cost must not exceed the price"]})
+        from shared.errors import Invalid
+        raise Invalid("the request has invalid fields",
+                       {"cost_cents": ["cost must not exceed the price"]}, code="invalid")
     for name, value in changes.items():
         setattr(product, name, value)
     product.version += 1

@@ -38,7 +38,7 @@ from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import DriverStatement
-from shared.errors import ApiError
+from shared.errors import Conflict, Invalid
 from shared.inbox import NotReady
 from shared.projection import merchant_for_token as projected_merchant_for_token
 from shared.projection import replace_key_hashes, upsert_newer
@@ -329,14 +329,14 @@ def request_withdrawal(session: Session, cfg: PayoutConfig, owner: str, amount: 
     """Reserve amount + fee at once with one conditional UPDATE whose row count decides:
     two requests racing for the same money cannot both pass it."""
     if amount < cfg.withdrawal_min_cents:
-        raise ApiError(422, "below_minimum", f"the minimum withdrawal is {cfg.withdrawal_min_cents} cents",
-                      {"amount_cents": [f"must be at least {cfg.withdrawal_min_cents}"]})
+        raise Invalid(f"the minimum withdrawal is {cfg.withdrawal_min_cents} cents",
+                      {"amount_cents": [f"must be at least {cfg.withdrawal_min_cents}"]}, code="below_minimum")
     if amount > cfg.withdrawal_max_cents:
-        raise ApiError(422, "above_maximum", f"the maximum withdrawal is {cfg.withdrawal_max_cents} cents",
-                      {"amount_cents": [f"must be at most {cfg.withdrawal_max_cents}"]})
+        raise Invalid(f"the maximum withdrawal is {cfg.withdrawal_max_cents} cents",
+                      {"amount_cents": [f"must be at most {cfg.withdrawal_max_cents}"]}, code="above_maximum")
     name = ledger.account(owner, "available")
     if spendable(session, owner) < 0:
-        raise ApiError(409, "account_in_debt", "the account carries a debt from a refund; later earnings pay it first")
+        raise Conflict("the account carries a debt from a refund; later earnings pay it first", code="account_in_debt")
     fee = cfg.withdrawal_fee(amount)
     total = amount + fee
     accounts = Account.__table__
@@ -344,8 +344,8 @@ def request_withdrawal(session: Session, cfg: PayoutConfig, owner: str, amount: 
         accounts.c.name == name, accounts.c.balance_cents - accounts.c.reserved_cents >= total)
         .values(reserved_cents=accounts.c.reserved_cents + total))
     if reserved.rowcount != 1:
-        raise ApiError(409, "insufficient_funds", f"{total} cents (amount and fee) exceed the available balance",
-                      {"amount_cents": [f"amount + fee = {total} cents is more than available"]})
+        raise Conflict(f"{total} cents (amount and fee) exceed the available balance",
+                      {"amount_cents": [f"amount + fee = {total} cents is more than available"]}, code="insufficient_funds")
     w = Withdrawal(id=f"wd_{secrets.token_hex(8)}", owner=owner, account=name, amount_cents=amount, fee_cents=fee,
                    destination=destination, destination_hash=dest_hash, status="requested", reasons=[],
                    requested_at=now)

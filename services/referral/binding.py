@@ -12,7 +12,7 @@ from sqlalchemy import func, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import is_postgres
-from shared.errors import ApiError
+from shared.errors import Conflict, Invalid
 from shared.identity import email_hash, normalise_email
 
 from .models import Merchant, Setting, User, outbox
@@ -76,8 +76,8 @@ def lock_of(session: Session, user: User) -> tuple[str | None, datetime | None]:
 
 def _known_merchant(session: Session, merchant_id: str | None) -> str | None:
     if merchant_id is not None and session.get(Merchant, merchant_id) is None:
-        raise ApiError(422, "unknown_merchant", "no merchant has this id",
-                       {"merchant_id": ["unknown merchant"]})
+        raise Invalid("no merchant has this id",
+                       {"merchant_id": ["unknown merchant"]}, code="unknown_merchant")
     return merchant_id
 
 
@@ -87,14 +87,14 @@ def register(session: Session, email: str, invite_code: str | None, client: dict
              merchant_id: str | None = None) -> User:
     normalised = normalise_email(email)
     if session.scalar(select(User.id).where(User.email == normalised)):
-        raise ApiError(409, "already_registered", "this email is already registered")
+        raise Conflict("this email is already registered", code="already_registered")
     merchant_id = _known_merchant(session, merchant_id)
     parent = None
     if invite_code:
         parent = user_by_code(session, invite_code)
         if parent is None:
-            raise ApiError(422, "unknown_invite_code", "no user has this invite code",
-                           {"invite_code": ["unknown invite code"]})
+            raise Invalid("no user has this invite code",
+                           {"invite_code": ["unknown invite code"]}, code="unknown_invite_code")
     user = User(id=f"usr_{secrets.token_hex(8)}", email=normalised, email_hash=email_hash(normalised),
                 invite_code=new_invite_code(), parent_id=parent.id if parent else None,
                 path=f"{parent.path}{parent.id}/" if parent else "/", depth=parent.depth + 1 if parent else 0,
@@ -117,22 +117,21 @@ def bind(session: Session, user: User, invite_code: str, now: datetime, merchant
         session.execute(text("SELECT pg_advisory_xact_lock(731001)"))
     parent = user_by_code(session, invite_code)
     if parent is None:
-        raise ApiError(422, "unknown_invite_code", "no user has this invite code", {"invite_code": ["unknown"]})
+        raise Invalid("no user has this invite code", {"invite_code": ["unknown"]}, code="unknown_invite_code")
     merchant_id = _known_merchant(session, merchant_id)
     if parent.id == user.id:
-        raise ApiError(422, "self_invite", "a user cannot invite themselves", {"invite_code": ["your own code"]})
+        raise Invalid("a user cannot invite themselves", {"invite_code": ["your own code"]}, code="self_invite")
     if parent.id == user.parent_id:
         return user  # following the same inviter again neither moves the shop nor restarts the lock
     if user.parent_id is not None:
         _, until = lock_of(session, user)
         if until is None:
-            raise ApiError(409, "binding_locked", "this user is bound to their inviter permanently")
+            raise Conflict("this user is bound to their inviter permanently", code="binding_locked")
         if now < until:
-            raise ApiError(409, "binding_locked",
-                           f"this user is bound to their inviter until {until.isoformat(timespec='seconds')}")
+            raise Conflict(f"this user is bound to their inviter until {until.isoformat(timespec='seconds')}", code="binding_locked")
     if user.id in ancestors(parent):  # the whole chain, not one hop
-        raise ApiError(422, "would_create_cycle", "the inviter is in this user's own team",
-                       {"invite_code": ["would create a cycle"]})
+        raise Invalid("the inviter is in this user's own team",
+                       {"invite_code": ["would create a cycle"]}, code="would_create_cycle")
     old_prefix = f"{user.path}{user.id}/"
     new_path = f"{parent.path}{parent.id}/"
     new_prefix = f"{new_path}{user.id}/"

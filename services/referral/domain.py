@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import metrics
-from shared.errors import ApiError
+from shared.errors import Conflict
 from shared.db import after_commit
 from shared.inbox import NotReady
 from shared.projection import upsert_newer
@@ -175,7 +175,7 @@ def clear(session: Session, p: dict, at: datetime) -> None:
 
 def reject(session: Session, line: CommissionLine, reason: str) -> None:
     if line.status != "held":
-        raise ApiError(409, "not_held", f"the line is {line.status}, not held")
+        raise Conflict(f"the line is {line.status}, not held", code="not_held")
     amount = line.amount_cents - line.reversed_cents
     line.status, line.reversed_cents, line.flag_reason = "reversed", line.amount_cents, reason
     _publish_reversal(session, line.order_no, [{"user_id": line.user_id, "level": line.level,

@@ -26,7 +26,7 @@ from datetime import timedelta
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from sqlalchemy import func, select
 
-from shared.errors import ApiError
+from shared.errors import DomainError
 from services.payout import domain, ledger
 from services.payout.config import PayoutConfig
 from services.payout.events import build_handlers
@@ -232,7 +232,7 @@ def test_ledger_invariants(tmp_path_factory, specs, seed):
                 with db.write() as s:
                     domain.request_withdrawal(s, cfg, owner, amount, "dest-1", "h" * 64, clock)
                 accepted = True
-            except ApiError as refused:
+            except DomainError as refused:
                 accepted = False
                 assert refused.code in ("below_minimum", "account_in_debt", "insufficient_funds")
             # 6: accepted exactly when it fits in what is available, never into a debt
