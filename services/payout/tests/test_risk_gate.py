@@ -2,6 +2,7 @@
 approves"). Without LINKSHOP_RISK_REQUIRED payout approves small withdrawals itself; with it,
 nothing is approved or paid before ``risk.withdrawal.assessed`` says approve, whatever the
 jobs do in the meantime, and a repeated or reordered assessment changes nothing."""
+import json
 from datetime import timedelta
 
 import pytest
@@ -186,8 +187,11 @@ def test_an_assessment_before_its_withdrawal_is_known_waits(required):
     """Risk cannot answer before payout asked, but a redelivered or misrouted assessment for an
     unknown withdrawal is retried, never applied to nothing and never dropped silently."""
     shop = required
-    _assess(shop, {"id": "wd_unknown"}, "approve", utcnow())
-    assert shop.system.bus.dead["payout"], "an assessment of an unknown withdrawal must not vanish"
+    sent = _assess(shop, {"id": "wd_unknown"}, "approve", utcnow())
+    # retried until the bus gave up, then dead-lettered: never applied, never dropped
+    dead = [json.loads(body) for body in shop.system.bus.dead["payout"]]
+    assert [e["id"] for e in dead] == [sent["id"]], "an assessment of an unknown withdrawal must not vanish"
+    assert _withdrawal_events(shop) == []
 
 
 def test_with_risk_required_the_operator_overrides_risks_review_not_its_silence(required):

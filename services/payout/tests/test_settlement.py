@@ -6,6 +6,7 @@ import pytest
 from shared.config import ConfigError, load_settings
 from shared.events import utcnow
 from services.payout.config import load_config
+from services.payout import worker as payout_worker
 
 
 def _postings(split):
@@ -204,9 +205,13 @@ def test_other_currency_is_not_booked_as_ours(shop):
 
 def test_ledger_gauge_is_set_by_the_worker(shop):
     from prometheus_client import REGISTRY
+    from shared import metrics
     merchant, mid, pid = shop.seller()
     shop.buy(pid)
     shop.drain()
+    # the gauges are process-wide and start at 0: a value the worker must overwrite shows it did
+    metrics.ledger_imbalance.set(-1)
+    payout_worker.withdrawals_review_oldest.set(-1)
     shop.jobs_at(utcnow())
     assert REGISTRY.get_sample_value("linkshop_ledger_imbalance_cents") == 0
     assert REGISTRY.get_sample_value("linkshop_withdrawals_pending_review_oldest_seconds") == 0
