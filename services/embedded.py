@@ -51,7 +51,7 @@ def build_embedded(env: dict | None = None, migrate: bool = True) -> Embedded:
         worker_module = importlib.import_module(f"services.{svc}.worker")
         db = app_module.open_database(settings[svc])
         if migrate:
-            from shared.migrations import upgrade
+            from services.manage import upgrade
             upgrade(svc, settings[svc].database_url)
         else:
             db.create_all()

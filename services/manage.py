@@ -7,16 +7,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from shared.config import SERVICES, load_settings
+from shared.config import SERVICES, database_url, load_settings
+
+
+def migrations_dir(service: str) -> Path:
+    """A service's Alembic directory: services/<svc>/migrations (docs/migrations.md)."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}")
+    return Path(__file__).parent / service / "migrations"
+
+
+def upgrade(service: str, url: str, revision: str = "head") -> None:
+    """Brings one service's database (its own version table) to ``revision``."""
+    from shared.migrations import upgrade as alembic_upgrade
+    alembic_upgrade(service, url, revision, migrations=migrations_dir(service))
 
 
 def migrate(services: list[str]) -> None:
+    """Only the database URLs are read: migrating needs no secret and no bus."""
     from sqlalchemy.engine import make_url
 
-    from shared.migrations import upgrade
+    urls = {service: database_url(service) for service in services}
+    shared = [s for s in services if list(urls.values()).count(urls[s]) > 1]
+    if shared:
+        # Their tables share names (merchants, products, orders, outbox, inbox...): one
+        # database is fine, one namespace is not (docs/migrations.md#one-database).
+        raise SystemExit(f"{', '.join(shared)} have the same database URL; give each service its own "
+                         "database or, on PostgreSQL, its own schema (?options=-csearch_path%3D{service}), "
+                         "see docs/migrations.md")
     for service in services:
-        url = load_settings(service).database_url
+        url = urls[service]
         upgrade(service, url)
         print(f"{service}: schema at head ({make_url(url).render_as_string(hide_password=True)})")
 

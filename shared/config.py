@@ -82,17 +82,27 @@ def _ints(raw: str) -> tuple[int, ...]:
     return tuple(int(part) for part in raw.split(",") if part.strip())
 
 
+def database_url(service: str, env: os._Environ | dict | None = None) -> str:
+    """The service's database: ``<SVC>_DATABASE_URL``, else ``DATABASE_URL`` (where
+    ``{service}`` stands for the service's name, e.g. its PostgreSQL schema), else SQLite in
+    the var directory. Read alone by ``services.manage migrate``, which needs no secret."""
+    env = os.environ if env is None else env
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}")
+    url = env.get(f"{service.upper()}_DATABASE_URL") or env.get("DATABASE_URL")
+    if url:
+        # One URL for every service: ``{service}`` names each one's schema or file.
+        return url.replace("{service}", service)
+    return f"sqlite:///{_var_dir(env) / (service + '.db')}"
+
+
 def load_settings(service: str, env: os._Environ | dict | None = None) -> Settings:
     env = os.environ if env is None else env
     if service not in SERVICES:
         raise ConfigError(f"unknown service {service!r}")
     bus_url = env.get("BUS_URL", "memory://")
     embedded = bus_url.startswith("memory://")
-    database_url = (
-        env.get(f"{service.upper()}_DATABASE_URL")
-        or env.get("DATABASE_URL")
-        or f"sqlite:///{_var_dir(env) / (service + '.db')}"
-    )
+    url = database_url(service, env)
     generated = []
     values = {}
     dev = None
@@ -111,7 +121,7 @@ def load_settings(service: str, env: os._Environ | dict | None = None) -> Settin
     port = SERVICE_PORTS[service]
     return Settings(
         service=service,
-        database_url=database_url,
+        database_url=url,
         bus_url=bus_url,
         admin_token=values["LINKSHOP_ADMIN_TOKEN"],
         vault_key=values["LINKSHOP_VAULT_KEY"],

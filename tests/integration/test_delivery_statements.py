@@ -15,7 +15,7 @@ from services.delivery.models import Base, CardKey, KeyPool, Order, Payment, out
 from services.delivery.payments import Notice
 from shared.db import Database
 from shared.errors import ApiError
-from shared.migrations import upgrade
+from services.manage import upgrade
 
 SETTINGS = SimpleNamespace(reservation_seconds=900, risk_required=False)
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)

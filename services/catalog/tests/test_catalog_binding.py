@@ -3,7 +3,7 @@ chooses with its own key; the operator may set it too. Carried in catalog.mercha
 import pytest
 from sqlalchemy import create_engine, text
 
-from shared.migrations import upgrade
+from services.manage import upgrade
 from tests.conftest import assert_error, bearer, create_merchant, outbox_events
 
 URL = "/catalog/v1/merchants"

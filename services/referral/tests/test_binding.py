@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, select, text
 
 from services.referral.models import Merchant, User
 from shared.events import utcnow
-from shared.migrations import upgrade
+from services.manage import upgrade
 from tests.conftest import envelope, inject
 
 
