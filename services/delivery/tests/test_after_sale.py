@@ -69,6 +69,7 @@ def test_uneven_partial_refund_rounding(shop):
     no = order["order_no"]
     a = shop.delivery.post(f"/delivery/v1/orders/{no}/refund", json={"quantity": 2, "reason": "x"}, headers=merchant).json
     b = shop.delivery.post(f"/delivery/v1/orders/{no}/refund", json={"reason": "rest"}, headers=merchant).json
+    assert (a["amount_cents"], b["amount_cents"]) == (2000, 1000)
     assert a["amount_cents"] + b["amount_cents"] == order_amount
 
 
