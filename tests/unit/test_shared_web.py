@@ -9,7 +9,7 @@ from shared.config import load_settings
 from shared.db import Database
 from shared.errors import ApiError, load_args, load_json
 from shared.web import create_service_app, ctx
-from tests.conftest import assert_error, embedded_env
+from tests.kit import assert_error, embedded_env
 
 
 class ThingSchema(Schema):

@@ -3,7 +3,7 @@ and a failing job does not stop the others."""
 import pytest
 
 from shared.worker import EmbeddedHub, Job, WorkerSpec, run_due_jobs
-from tests.conftest import create_merchant, outbox_events
+from tests.kit import create_merchant, outbox_events
 
 
 def test_drain_relays_and_consumes_until_quiet(embedded, catalog):

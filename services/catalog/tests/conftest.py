@@ -1,3 +1,2 @@
-"""The shared fixtures of tests/conftest.py, for catalog's own tests."""
-from tests.conftest import (admin_headers, admin_token, catalog, embedded, env, merchant,  # noqa: F401
-                            product)
+"""catalog's tests use the shared kit's fixtures (``embedded``, ``catalog``, ``merchant``,
+``product`` ...: tests/kit/plugin.py) and its helpers (``tests.kit``)."""

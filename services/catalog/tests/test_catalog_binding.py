@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from services.manage import upgrade
-from tests.conftest import assert_error, bearer, create_merchant, outbox_events
+from tests.kit import assert_error, bearer, create_merchant, outbox_events
 
 URL = "/catalog/v1/merchants"
 LOCK_30 = {"mode": "lock", "lock_days": 30}

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from services.catalog.models import Merchant, MerchantApiKey
 from shared.outbox import Relay
-from tests.conftest import (assert_error, bearer, create_merchant, create_product, outbox_events,
+from tests.kit import (assert_error, bearer, create_merchant, create_product, outbox_events,
                             service_db)
 
 URL = "/catalog/v1/merchants"

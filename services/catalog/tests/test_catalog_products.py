@@ -2,7 +2,7 @@
 catalog.product.upserted with a version that grows on every change."""
 import pytest
 
-from tests.conftest import assert_error, bearer, create_merchant, create_product, outbox_events
+from tests.kit import assert_error, bearer, create_merchant, create_product, outbox_events
 
 URL = "/catalog/v1/products"
 PAYLOAD_FIELDS = {"product_id", "merchant_id", "title", "price_cents", "cost_cents", "currency",

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import select
 
 from services.catalog.models import Product, inbox
-from tests.conftest import (create_merchant, create_product, envelope, inject, service_db,
+from tests.kit import (create_merchant, create_product, envelope, inject, service_db,
                             stock_as_of)
 
 URL = "/catalog/v1/products"

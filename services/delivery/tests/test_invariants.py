@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from services.delivery.models import KeyPool, Order, OrderKey
 from shared.events import utcnow
 
-from .conftest import Shop
+from tests.kit import Shop
 
 steps = st.lists(st.one_of(
     st.tuples(st.just("order"), st.integers(1, 3)),

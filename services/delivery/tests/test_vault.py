@@ -76,12 +76,10 @@ def test_rotation_keeps_old_keys_readable_and_dedupe_working(make_shop, tmp_path
     pid = shop.product(merchant)
     shop.import_keys(merchant, pid, ["OLD-1", "OLD-2"])
     first = shop.buy(pid)
-    # restart on the same files with a new key, the old one listed as previous
-    from services.embedded import build_embedded
+    # restart on the same databases with a new key, the old one listed as previous
     from services.delivery import domain
-    env = {"LINKSHOP_VAR_DIR": shop.system.settings["delivery"].database_url.split("sqlite:///")[1].rsplit("/", 1)[0],
-           "LINKSHOP_VAULT_KEY": new_key, "LINKSHOP_VAULT_PREVIOUS_KEYS": old_key, "BUS_RETRY_DELAYS_MS": "0"}
-    system = build_embedded(env, migrate=False)
+    env = {"LINKSHOP_VAULT_KEY": new_key, "LINKSHOP_VAULT_PREVIOUS_KEYS": old_key}
+    system = shop.rebuild(**env)
     delivery = system.apps["delivery"].test_client()
     r = delivery.get(f"/delivery/v1/orders/{first['order_no']}?token={first['access_token']}")
     assert r.json["keys"] == ["OLD-1"]
@@ -93,7 +91,7 @@ def test_rotation_keeps_old_keys_readable_and_dedupe_working(make_shop, tmp_path
     with context.db.write() as s:
         assert domain.rotate_vault(s, context.extra["vault"]) == 0
     # after rotation the previous key is no longer needed
-    system2 = build_embedded({**env, "LINKSHOP_VAULT_PREVIOUS_KEYS": ""}, migrate=False)
+    system2 = shop.rebuild(**{**env, "LINKSHOP_VAULT_PREVIOUS_KEYS": ""})
     r = system2.apps["delivery"].test_client().get(f"/delivery/v1/orders/{first['order_no']}?token={first['access_token']}")
     assert r.json["keys"] == ["OLD-1"]
     r = system2.apps["delivery"].test_client().post(f"/delivery/v1/products/{pid}/keys",

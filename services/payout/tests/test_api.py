@@ -6,7 +6,7 @@ from sqlalchemy import select, text
 from services.payout.models import outbox
 from shared.auth import issue_user_token
 from shared.events import utcnow
-from tests.conftest import assert_error
+from tests.kit import assert_error
 
 
 def _earner(shop, levels=(3000,), orders=1):

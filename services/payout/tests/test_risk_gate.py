@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from services.payout import worker as payout_worker
 from shared.auth import issue_user_token
 from shared.events import utcnow
+from tests.kit import job_names
 
 
 def _funded(shop, user_id="usr_w", cents=10000):
@@ -53,8 +53,7 @@ def required(make_shop):
 
 def test_without_risk_required_payout_approves_and_pays_by_itself(make_shop):
     shop = make_shop()
-    assert "withdrawal_policy" in [j.name for j in payout_worker.build_worker(
-        shop.ctx.settings, shop.db, shop.config).jobs]
+    assert "withdrawal_policy" in job_names(shop.system, "payout")
     user = _funded(shop)
     w = shop.withdraw(user, 2000, key="small").json
     other = shop.withdraw(user, 7000, key="other").json
@@ -99,8 +98,7 @@ def test_with_risk_required_nothing_is_approved_or_paid_before_risk_approves(req
     assert shop.account("payouts")["accounts"][0]["balance_cents"] == 2000
     assert _withdrawal_events(shop) == ["requested", "approved", "paid"]
     assert shop.verify()["ok"]
-    assert "withdrawal_policy" not in [j.name for j in payout_worker.build_worker(
-        shop.ctx.settings, shop.db, shop.config).jobs]
+    assert "withdrawal_policy" not in job_names(shop.system, "payout")
 
 
 def test_with_risk_required_a_rejected_withdrawal_returns_its_reservation(required):
@@ -195,7 +193,7 @@ def test_an_assessment_before_its_withdrawal_is_known_waits(required):
 
 
 def test_with_risk_required_the_operator_overrides_risks_review_not_its_silence(required):
-    from tests.conftest import assert_error
+    from tests.kit import assert_error
     shop = required
     user = _funded(shop, "usr_op")
     w = shop.withdraw(user, 2000, key="w").json

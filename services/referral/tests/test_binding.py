@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, select, text
 from services.referral.models import Merchant, User
 from shared.events import utcnow
 from services.manage import upgrade
-from tests.conftest import envelope, inject
+from tests.kit import envelope, event_payloads, inject
 
 
 def db(shop):
@@ -169,12 +169,11 @@ def test_the_events_carry_the_shop_and_an_older_rule_never_wins(shop):
     a = shop.user("a@example.com")
     b = shop.user("b@example.com", a["invite_code"], merchant_id="mer_x")
     assert b["locked_until"][:10] == (utcnow() + timedelta(days=10)).date().isoformat()
-    from services.referral.tests.test_referral import _events
-    assert _events(shop, "referral.user.registered")[-1]["merchant_id"] == "mer_x"
+    assert event_payloads(shop.system, "referral", "referral.user.registered")[-1]["merchant_id"] == "mer_x"
     bound_days_ago(shop, b, 11)
     c = shop.user("c@example.com")
     assert bind(shop, b, c).status_code == 200
-    assert _events(shop, "referral.user.bound")[-1]["merchant_id"] is None
+    assert event_payloads(shop.system, "referral", "referral.user.bound")[-1]["merchant_id"] is None
 
 
 def test_an_existing_deployment_upgrades_with_its_bindings_intact(tmp_path):

@@ -1,7 +1,7 @@
 """The operator's routes: decisions and the review queue, rules, the blocklist; every 4xx."""
 import pytest
 
-from tests.conftest import assert_error
+from tests.kit import assert_error
 
 NOBODY = {}
 WRONG = {"Authorization": "Bearer not-the-admin"}

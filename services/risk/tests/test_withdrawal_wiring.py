@@ -4,13 +4,12 @@ approved, it is paid; rejected, its reservation goes back; an assessment heard a
 older one heard late, changes nothing. Without the switch payout approves by itself."""
 import json
 from datetime import timedelta
-from unittest import mock
 
 import pytest
 from sqlalchemy import select
 
-from services.payout import worker as payout_worker
 from shared.events import utcnow
+from tests.kit import payout_clock
 
 DAY = 86400
 
@@ -24,7 +23,7 @@ class Both:
         self.payout_ctx = shop.system.apps["payout"].extensions["linkshop"]
 
     def jobs_at(self, when):
-        with mock.patch.object(payout_worker, "now", lambda: when):
+        with payout_clock(when):
             for _ in range(2):  # what the first run's events made due
                 self.shop.system.hub.run_jobs(force=True)
                 self.shop.drain()

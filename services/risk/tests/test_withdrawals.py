@@ -2,7 +2,7 @@
 destinations shared between accounts."""
 import json
 
-from services.risk.tests.conftest import at
+from tests.kit import at
 
 DAY = 86400
 
