@@ -454,20 +454,12 @@ _NEW_PRODUCT = _products.insert().values(id=bindparam("b_id"), version=-1, order
 
 
 def _learn_amount(session: Session, order: Order) -> None:
-    """One more order passed for the product: its running amount statistics."""
-    if session.identity_key(Product, order.product_id) not in session.identity_map \
-            and not any(isinstance(o, Product) for o in session.new):
-        params = {"b_id": order.product_id, "b_amount": order.amount_cents}
-        if run(session, _BUMP_PRODUCT, params).rowcount == 0:
-            run(session, _NEW_PRODUCT, params)
-        return
-    # this transaction holds the product as an object already (an earlier event of the batch)
-    product = session.get(Product, order.product_id)
-    if product is None:
-        product = Product(id=order.product_id, version=-1, orders_seen=0, amount_sum_cents=0)
-        session.add(product)
-    product.orders_seen = (product.orders_seen or 0) + 1
-    product.amount_sum_cents = (product.amount_sum_cents or 0) + order.amount_cents
+    """One more order passed for the product: its running amount statistics, kept by these
+    statements alone (``run`` flushes a product an earlier event of the batch added first; the
+    statistics are read by ``_PRODUCT_STATS`` only, never from a ``Product`` object)."""
+    params = {"b_id": order.product_id, "b_amount": order.amount_cents}
+    if run(session, _BUMP_PRODUCT, params).rowcount == 0:
+        run(session, _NEW_PRODUCT, params)
 
 
 def _decision(kind: str, subject: str, decision: str, score: int, hits: list[Hit], at: datetime, **ids) -> dict:
@@ -501,8 +493,7 @@ _ORDER_KNOWN = select(_orders.c.order_no).where(_orders.c.order_no == bindparam(
 def on_order_created(session: Session, p: dict) -> dict | None:
     """Assess an order once and answer delivery with ``risk.order.assessed``; returns the
     decision's values (None: assessed before)."""
-    if session.identity_key(Order, p["order_no"]) in session.identity_map or \
-            run(session, _ORDER_KNOWN, {"order_no": p["order_no"]}).first() is not None:
+    if run(session, _ORDER_KNOWN, {"order_no": p["order_no"]}).first() is not None:
         return None  # the same order announced again: it was assessed and answered already
     client = p.get("client") or {}
     email = p.get("email")
@@ -536,84 +527,68 @@ def _publish_order(session: Session, order_no: str, decision: str, score: int, r
 
 
 def _order(session: Session, order_no: str) -> Order:
-    order = session.get(Order, order_no)
+    """The order as an object, read afresh: the statements of ``on_order_paid`` and
+    ``on_order_delivered`` may have changed its row since this transaction loaded it."""
+    order = session.get(Order, order_no, populate_existing=True)
     if order is None:
         raise NotReady(f"order {order_no} not seen yet")
     return order
 
 
-def _held(session: Session, order_no: str) -> bool:
-    """Whether this transaction holds the order as an object already (an earlier event of
-    the same batch): then it is worked on as one, never behind its back with Core statements."""
-    if session.identity_key(Order, order_no) in session.identity_map:
-        return True
-    return any(isinstance(o, Order) for o in session.new)
-
-
-_o = _orders
-_PAID_STATE = select(_o.c.paid_at, _o.c.created_at, _o.c.buyer_user_id).where(_o.c.order_no == bindparam("order_no"))
-_SET_PAID = _o.update().where(_o.c.order_no == bindparam("b_order_no")).values(
+_ORDER_STATE = select(_orders.c.paid_at, _orders.c.delivered_at, _orders.c.created_at, _orders.c.buyer_user_id) \
+    .where(_orders.c.order_no == bindparam("order_no"))
+_SET_PAID = _orders.update().where(_orders.c.order_no == bindparam("b_order_no")).values(
     paid_at=bindparam("b_paid_at", type_=_at), payer_account=bindparam("b_payer_account"))
 _HAS_EARNING = select(Earning.__table__.c.id).where(Earning.__table__.c.order_no == bindparam("order_no")).limit(1)
 # An order delivered: ``delivered_at`` (given, else when it was paid, else created) unless known,
-# and ``paid_at`` unless known. SET expressions read the row as it was, like on_order_delivered.
-_SET_DELIVERED = _o.update().where(_o.c.order_no == bindparam("b_order_no")).values(
-    delivered_at=func.coalesce(_o.c.delivered_at, bindparam("b_delivered_at", type_=_at), _o.c.paid_at, _o.c.created_at),
-    paid_at=func.coalesce(_o.c.paid_at, bindparam("b_paid_at", type_=_at)))
+# and ``paid_at`` unless known. SET expressions read the row as it was.
+_SET_DELIVERED = _orders.update().where(_orders.c.order_no == bindparam("b_order_no")).values(
+    delivered_at=func.coalesce(_orders.c.delivered_at, bindparam("b_delivered_at", type_=_at), _orders.c.paid_at,
+                               _orders.c.created_at),
+    paid_at=func.coalesce(_orders.c.paid_at, bindparam("b_paid_at", type_=_at)))
+
+
+def _order_state(session: Session, order_no: str):
+    state = run(session, _ORDER_STATE, {"order_no": order_no}).first()
+    if state is None:
+        raise NotReady(f"order {order_no} not seen yet")
+    return state
 
 
 def on_order_paid(session: Session, p: dict) -> None:
-    if _held(session, p["order_no"]):
-        return _on_order_paid(session, p)
-    state = run(session, _PAID_STATE, {"order_no": p["order_no"]}).first()
-    if state is None:
-        raise NotReady(f"order {p['order_no']} not seen yet")
+    """The payment, once: its time and payment account. The account is one more identity of
+    a logged-in buyer, and lines accrued before the payment are looked at again with it."""
+    order_no = p["order_no"]
+    state = _order_state(session, order_no)
     if state.paid_at is not None:
         return
     paid_at = parse_time(p.get("paid_at"), state.created_at)
-    payer_account = (p.get("payer_account") or None)
-    run(session, _SET_PAID, {"b_order_no": p["order_no"], "b_paid_at": paid_at, "b_payer_account": payer_account})
+    payer_account = p.get("payer_account") or None
+    run(session, _SET_PAID, {"b_order_no": order_no, "b_paid_at": paid_at, "b_payer_account": payer_account})
     if payer_account and state.buyer_user_id:
         added = _add_fingerprints(session, state.buyer_user_id, [("payer", payer_account)], paid_at)
         _rescreen_earner(session, state.buyer_user_id, added, paid_at)
-    if payer_account and run(session, _HAS_EARNING, {"order_no": p["order_no"]}).first() is not None:
-        screen_commission(session, _order(session, p["order_no"]))  # the commission came first: look again
+    if payer_account and run(session, _HAS_EARNING, {"order_no": order_no}).first() is not None:
+        screen_commission(session, _order(session, order_no))  # the commission came first: look again
 
 
 def on_order_delivered(session: Session, p: dict) -> None:
-    if not _held(session, p["order_no"]):
+    """When the order was delivered (and paid, if the payment was not seen), unless known."""
+    order_no = p["order_no"]
+    times, unreadable = {}, {}
+    for key in ("delivered_at", "paid_at"):
         try:
-            delivered_at = parse_time(p["delivered_at"]) if p.get("delivered_at") else None
-            paid_at = parse_time(p["paid_at"]) if p.get("paid_at") else None
-        except ValueError:
-            pass  # whether that matters depends on the order: decided as an object, below
-        else:
-            if run(session, _SET_DELIVERED, {"b_order_no": p["order_no"], "b_delivered_at": delivered_at,
-                                                "b_paid_at": paid_at}).rowcount == 0:
-                raise NotReady(f"order {p['order_no']} not seen yet")
-            return
-    _on_order_delivered(session, p)
-
-
-def _on_order_paid(session: Session, p: dict) -> None:
-    order = _order(session, p["order_no"])
-    if order.paid_at is not None:
-        return
-    order.paid_at = parse_time(p.get("paid_at"), order.created_at)
-    order.payer_account = (p.get("payer_account") or None)
-    if order.payer_account and order.buyer_user_id:
-        added = _add_fingerprints(session, order.buyer_user_id, [("payer", order.payer_account)], order.paid_at)
-        _rescreen_earner(session, order.buyer_user_id, added, order.paid_at)
-    if order.payer_account and session.scalar(select(Earning.id).where(Earning.order_no == order.order_no).limit(1)):
-        screen_commission(session, order)  # the commission came first: look again with the payer
-
-
-def _on_order_delivered(session: Session, p: dict) -> None:
-    order = _order(session, p["order_no"])
-    if order.delivered_at is None:
-        order.delivered_at = parse_time(p.get("delivered_at"), order.paid_at or order.created_at)
-    if order.paid_at is None and p.get("paid_at"):
-        order.paid_at = parse_time(p["paid_at"])
+            times[key] = parse_time(p[key]) if p.get(key) else None
+        except ValueError as exc:
+            times[key], unreadable[key] = None, exc
+    if unreadable:  # a time the order already has is not read at all: only a missing one must be readable
+        state = _order_state(session, order_no)
+        for key, exc in unreadable.items():
+            if getattr(state, key) is None:
+                raise exc
+    if run(session, _SET_DELIVERED, {"b_order_no": order_no, "b_delivered_at": times["delivered_at"],
+                                     "b_paid_at": times["paid_at"]}).rowcount == 0:
+        raise NotReady(f"order {order_no} not seen yet")
 
 
 def on_order_refunded(session: Session, p: dict) -> None:
@@ -738,7 +713,8 @@ def _rescreen_earner(session: Session, user_id: str, added: list[tuple[str, str]
     rows = session.execute(select(Earning, Order).join(Order, Order.order_no == Earning.order_no).where(
         Earning.user_id == user_id, Earning.flagged.is_(False), Order.created_at >= since,
         or_(Order.buyer_user_id.is_(None), Order.buyer_user_id != user_id),
-        or_(*[columns[kind] == value for kind, value in strong])).order_by(Earning.id)).all()
+        or_(*[columns[kind] == value for kind, value in strong])).order_by(Earning.id)
+        .execution_options(populate_existing=True)).all()  # an order's row may have changed by statement
     for earning, order in rows:
         kinds = sorted({kind for kind, value in strong if getattr(order, columns[kind].key) == value})
         _flag(session, earning, [rule.hit("the buyer used " + " and ".join(LABELS[k] for k in kinds) +
