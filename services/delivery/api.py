@@ -15,7 +15,7 @@ from shared.events import utcnow
 from shared.openapi import documented
 from shared.web import ctx
 
-from . import domain
+from . import domain, storage
 from .models import CardKey, KeyPool, Order, Product, Refund, idempotency
 from .payments import BadNotice, SignatureError
 from .schemas import (KeyImportSchema, LookupSchema, OrderCreateSchema, OrderTokenSchema, RefundSchema,
@@ -116,7 +116,7 @@ def key_summary(product_id):
         available = s.scalar(select(func.count()).select_from(KeyPool).where(KeyPool.product_id == product_id))
         retired = s.scalar(select(func.count()).select_from(CardKey).where(
             CardKey.product_id == product_id, CardKey.retired_at.is_not(None)))
-        reusable = len(domain.reusable_key_ids(s, product_id))
+        reusable = len(storage.reusable_key_ids(s, product_id))
         return jsonify({"product_id": product_id, "available": available, "retired": retired,
                         "taken": total - available - retired, "reusable": reusable,
                         "unlimited": reusable > 0})
