@@ -24,6 +24,7 @@ from scripts import stack as stackmod
 from shared import topology
 from shared.config import SERVICES
 
+from . import audit
 from .helpers import Broker, Shop
 
 HERE = Path(__file__).resolve().parent
@@ -49,20 +50,15 @@ TEST_ENV = {
 }
 # retry queue names of earlier runs whose arguments could clash with ours
 KNOWN_RETRY_DELAYS = {200, 500, 1000, 5000, 30000, 120000}
-TAP_QUEUE = "it.tap"  # bound to every event type: the audit reads every payload of the run
+TAP_QUEUE = audit.TAP_QUEUE  # bound to every event type: the audit reads every payload of the run
 VHOST_PREFIX = "linkshop_it_"
 DB_PREFIX = "lsit_"
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "audit_last: runs after every other integration test")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
-    items.sort(key=lambda item: item.get_closest_marker("audit_last") is not None)  # stable
 
 
 # -- reachability --------------------------------------------------------------------------------
@@ -192,6 +188,7 @@ class Run:
         self.shared_vhost = shared_vhost
         self.card_secrets: list[str] = []
         self.credentials: list[str] = []
+        self.tapped: list[bytes] = []  # what the audit took off the tap queue so far
 
     @property
     def env(self) -> dict:
@@ -225,11 +222,16 @@ def run(infra):
     overrides = {**TEST_ENV, "BUS_URL": f"{AMQP_BASE}/{'/' if vhost == '/' else encoded}"}
     for svc in SERVICES:
         overrides[f"{svc.upper()}_DATABASE_URL"] = f"{PG_URL}/{db_prefix}{svc}"
-    stack = None
+    stack, leaks = None, []
     try:
         stack = stackmod.start_stack(overrides, stackmod.ports_from(WEB_BASE, WORKER_BASE), run_dir,
                                      db_prefix=db_prefix)
-        yield Run(stack, broker, run_id, shared_vhost)
+        this_run = Run(stack, broker, run_id, shared_vhost)
+        yield this_run
+        # The whole run's leak audit, whatever ran and in whatever order: once every process
+        # has stopped, every log line is written and every event is on the tap.
+        stack.stop(grace=10)
+        leaks = audit.leaks(this_run)
     finally:
         if stack is not None:
             stack.stop(grace=10)
@@ -245,6 +247,9 @@ def run(infra):
                 print(f"could not clean the RabbitMQ topology: {exc}")
         else:
             _rabbitmqctl("delete_vhost", vhost)
+    if leaks:
+        pytest.fail(f"the run leaked {len(leaks)} card secret(s) or credential(s) (logs in {run_dir}): "
+                    f"{leaks[:10]}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

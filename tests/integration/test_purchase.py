@@ -71,7 +71,7 @@ def test_key_import_deduplicates_within_and_across_batches(shop):
     other = shop.create_merchant()  # another merchant's key cannot fill this product
     r = requests.post(f"{shop.delivery}/delivery/v1/products/{product['id']}/keys", json={"keys": shop.new_keys(1)},
                       headers={"Authorization": f"Bearer {other['api_key']}"}, timeout=30)
-    assert r.status_code in (401, 403, 404), r.text
+    assert r.status_code == 404, r.text  # not this merchant's product: it does not exist for it
 
 
 def test_payment_refusals(shop, stocked):
@@ -181,10 +181,10 @@ def test_delivery_worker_killed_mid_stream_loses_nothing(stack, shop, broker, wo
 
 def test_order_validation(shop, stocked):
     _merchant, product, _keys = stocked(1, max_per_order=2)
-    assert shop.order(product["id"], quantity=0, expect=None).status_code in (400, 422)
+    assert shop.order(product["id"], quantity=0, expect=None).status_code == 422
     assert shop.order(product["id"], quantity=3, expect=None).status_code == 422
-    assert shop.order(product["id"], email="not-an-email", expect=None).status_code in (400, 422)
-    assert shop.order("prd_doesnotexist", expect=None).status_code in (404, 422)
+    assert shop.order(product["id"], email="not-an-email", expect=None).status_code == 422
+    assert shop.order("prd_doesnotexist", expect=None).status_code == 422
     r = requests.post(f"{shop.delivery}/delivery/v1/orders", timeout=30, json={
         "product_id": product["id"], "quantity": 1, "email": "a@example.com", "surprise": 1})
     assert r.status_code == 422, r.text
