@@ -100,6 +100,15 @@ def _notice(order, txn_id: str, amount_cents: int | None = None) -> Notice:
                   txn_id, "paid")
 
 
+def _in_threads(work, count: int) -> None:
+    """Run ``work(n)`` in ``count`` threads at once, n = 0..count-1, and wait for them all."""
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _held_keys(db, order_no: str) -> list[int]:
     with db.read() as s:
         return list(s.scalars(select(OrderKey.key_id).where(OrderKey.order_no == order_no, OrderKey.active.is_(True))
@@ -181,7 +190,7 @@ def test_concurrent_buyers_never_share_a_key_and_the_rest_are_refused(db):
     _seed(db, "hot", keys=12)
     results, lock = [], threading.Lock()
 
-    def buyer():
+    def buyer(_n):
         for _ in range(4):
             try:
                 order, _ = _order(db, "hot")
@@ -191,11 +200,7 @@ def test_concurrent_buyers_never_share_a_key_and_the_rest_are_refused(db):
             with lock:
                 results.append(outcome)
 
-    threads = [threading.Thread(target=buyer) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(buyer, 6)
     placed = [r for r in results if r != "out_of_stock"]
     assert len(placed) == 12 and results.count("out_of_stock") == 12
     with db.read() as s:
@@ -210,7 +215,7 @@ def test_claims_racing_each_other_split_the_pool(db):
     _seed(db, "p1", keys=20)
     claimed, lock, barrier = [], threading.Lock(), threading.Barrier(4)
 
-    def claimer():
+    def claimer(_n):
         barrier.wait()
         for _ in range(3):
             with db.write() as s:
@@ -218,11 +223,7 @@ def test_claims_racing_each_other_split_the_pool(db):
             with lock:
                 claimed.extend(ids)
 
-    threads = [threading.Thread(target=claimer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(claimer, 4)
     assert len(claimed) == len(set(claimed)) == 20  # 24 asked for, each key once
     assert _count(db, KeyPool) == 0
 
@@ -347,11 +348,7 @@ def test_concurrent_notices_for_one_order_sell_it_once(db):
         with lock:
             outcomes.append(outcome)
 
-    threads = [threading.Thread(target=notify, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(notify, 4)
     # two notices of one transaction id each: one sells, its twin is a replay, the other
     # transaction is a second payment kept for a refund (and its twin a replay)
     assert sorted(outcomes) == ["delivered", "duplicate_payment", "replay", "replay"]
