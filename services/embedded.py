@@ -7,10 +7,10 @@ import importlib.util
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.bus import MemoryBus
-from shared.config import SERVICES, load_settings
+from shared.config import ADMIN_TOKEN, GENERATED_SECRETS, SERVICES, load_settings
 from shared.worker import EmbeddedHub, retention_job
 
 log = logging.getLogger("linkshop.embedded")
@@ -35,22 +35,34 @@ class Embedded:
     bus: MemoryBus
     wsgi: PrefixDispatcher
     settings: dict
+    configs: dict = field(default_factory=dict)  # a service's own settings, where it has a config module
+
+    @property
+    def generated(self) -> tuple[str, ...]:
+        """Every dev secret any service was given instead of one from the environment."""
+        names = {n for s in self.settings.values() for n in s.generated}
+        names |= {n for c in self.configs.values() for n in getattr(c, "generated", ())}
+        return tuple(n for n in GENERATED_SECRETS if n in names)
 
 
-def build_embedded(env: dict | None = None, migrate: bool = True) -> Embedded:
+def build_embedded(env: dict | None = None, migrate: bool = True, bind_database=None) -> Embedded:
     """``migrate=False`` creates the tables straight from the models (fresh test databases);
-    a test checks that the migrations produce the same schema."""
+    a test checks that the migrations produce the same schema. ``bind_database``, tests only
+    (tests/kit): called with each service's name and ``Database`` as soon as it is opened,
+    instead of creating its tables (the kit's PostgreSQL databases are migrated once)."""
     env = dict(os.environ if env is None else env)
     env.setdefault("BUS_URL", "memory://")
     settings = {svc: load_settings(svc, env) for svc in SERVICES}
     first = settings["catalog"]
     bus = MemoryBus(first.bus_retry_delays_ms, first.bus_max_attempts)
-    apps, specs = {}, []
+    apps, specs, configs = {}, [], {}
     for svc in SERVICES:
         app_module = importlib.import_module(f"services.{svc}.app")
         worker_module = importlib.import_module(f"services.{svc}.worker")
         db = app_module.open_database(settings[svc])
-        if migrate:
+        if bind_database is not None:
+            bind_database(svc, db)
+        elif migrate:
             from services.manage import upgrade
             upgrade(svc, settings[svc].database_url)
         else:
@@ -60,21 +72,24 @@ def build_embedded(env: dict | None = None, migrate: bool = True) -> Embedded:
             # A service's own settings come from the same environment as everyone's, never
             # from os.environ behind the caller's back (tests pass their own).
             extra["config"] = importlib.import_module(f"services.{svc}.config").load_config(settings[svc], env)
+            configs[svc] = extra["config"]
         apps[svc] = app_module.create_app(settings[svc], db=db, bus=bus, **extra)
         spec = worker_module.build_worker(settings[svc], db=db, **extra)
         spec.jobs.append(retention_job(spec, settings[svc]))
         specs.append(spec)
     hub = EmbeddedHub(specs, bus)
-    return Embedded(apps=apps, hub=hub, bus=bus, wsgi=PrefixDispatcher(apps), settings=settings)
+    return Embedded(apps=apps, hub=hub, bus=bus, wsgi=PrefixDispatcher(apps), settings=settings,
+                    configs=configs)
 
 
 def banner(embedded: Embedded, url: str) -> str:
     s = embedded.settings["catalog"]
     lines = [f"Linkshop (embedded) on {url}", f"  data: {os.path.dirname(s.database_url.removeprefix('sqlite:///')) or '.'}/*.db, bus: in-process"]
-    if s.generated:
-        lines += ["", "  !!! DEV SECRETS: " + ", ".join(s.generated) + " were generated for this machine",
-                  "  !!! (kept in var/dev-secrets.json). Never use them in production.",
-                  f"  admin token (generated dev value): {s.admin_token}"]
+    if embedded.generated:
+        lines += ["", "  !!! DEV SECRETS: " + ", ".join(embedded.generated) + " were generated for this machine",
+                  "  !!! (kept in var/dev-secrets.json). Never use them in production."]
+    if ADMIN_TOKEN in s.generated:
+        lines.append(f"  admin token (generated dev value): {s.admin_token}")
     else:
         lines.append("  admin token: from LINKSHOP_ADMIN_TOKEN")
     if s.sandbox_secret == "sandbox-secret":

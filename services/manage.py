@@ -47,10 +47,12 @@ def rotate_vault() -> None:
     """Re-seal every card key under the current LINKSHOP_VAULT_KEY, in batches."""
     from services.delivery import domain
     from services.delivery.app import open_database
+    from services.delivery.config import load_config
     from services.delivery.vault import Vault
 
     settings = load_settings("delivery")
-    vault, db = Vault(settings.vault_key, settings.vault_previous_keys), open_database(settings)
+    config = load_config(settings)
+    vault, db = Vault(config.vault_key, config.vault_previous_keys), open_database(settings)
     total = 0
     while True:
         with db.write() as session:

@@ -3,6 +3,11 @@
 Embedded mode (no BUS_URL or ``memory://``) may generate dev secrets; they are kept in
 ``var/dev-secrets.json`` so a restart can still decrypt the vault, and reported loudly.
 Real mode refuses to start without them.
+
+Each service reads only the secrets it uses: the kernel's ``Settings`` carries the admin token
+(every service guards operator routes) and the user-token secret (only where user tokens are
+issued or checked, ``KERNEL_SECRETS``); a service's own secrets, such as delivery's vault key,
+are read by its own config module with ``secret()``.
 """
 from __future__ import annotations
 
@@ -14,7 +19,19 @@ from pathlib import Path
 
 SERVICES = ("catalog", "delivery", "referral", "payout", "risk")
 SERVICE_PORTS = {"catalog": 8081, "delivery": 8082, "referral": 8083, "payout": 8084, "risk": 8085}
-GENERATED_SECRETS = ("LINKSHOP_ADMIN_TOKEN", "LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET")
+ADMIN_TOKEN, VAULT_KEY, TOKEN_SECRET = "LINKSHOP_ADMIN_TOKEN", "LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET"
+# Every dev secret embedded mode may generate (kept together in var/dev-secrets.json).
+GENERATED_SECRETS = (ADMIN_TOKEN, VAULT_KEY, TOKEN_SECRET)
+# The kernel's secrets each service needs: the admin token guards every service's operator
+# routes; user tokens are issued by referral and checked by delivery and payout. Catalog and
+# risk never see a user token, so they neither read nor require its secret.
+KERNEL_SECRETS = {
+    "catalog": (ADMIN_TOKEN,),
+    "delivery": (ADMIN_TOKEN, TOKEN_SECRET),
+    "referral": (ADMIN_TOKEN, TOKEN_SECRET),
+    "payout": (ADMIN_TOKEN, TOKEN_SECRET),
+    "risk": (ADMIN_TOKEN,),
+}
 
 
 class ConfigError(RuntimeError):
@@ -27,9 +44,7 @@ class Settings:
     database_url: str
     bus_url: str
     admin_token: str
-    vault_key: str
-    vault_previous_keys: tuple[str, ...]
-    token_secret: str
+    token_secret: str | None  # None where the service checks no user token (KERNEL_SECRETS)
     sandbox_secret: str | None
     hold_seconds: int
     refund_window_seconds: int
@@ -96,6 +111,25 @@ def database_url(service: str, env: os._Environ | dict | None = None) -> str:
     return f"sqlite:///{_var_dir(env) / (service + '.db')}"
 
 
+def is_embedded(env) -> bool:
+    return env.get("BUS_URL", "memory://").startswith("memory://")
+
+
+def secret(name: str, env, generated: list[str] | None = None) -> str:
+    """A required secret from the environment. Real mode refuses to start without it;
+    embedded mode falls back to this machine's dev value, and appends ``name`` to
+    ``generated`` so the caller can say so."""
+    value = env.get(name)
+    if value:
+        return value
+    if not is_embedded(env):
+        bus_url = env.get("BUS_URL", "")
+        raise ConfigError(f"{name} must be set in real mode (BUS_URL={bus_url.split('@')[-1]})")
+    if generated is not None:
+        generated.append(name)
+    return _dev_secrets(env)[name]
+
+
 def load_settings(service: str, env: os._Environ | dict | None = None) -> Settings:
     env = os.environ if env is None else env
     if service not in SERVICES:
@@ -103,18 +137,8 @@ def load_settings(service: str, env: os._Environ | dict | None = None) -> Settin
     bus_url = env.get("BUS_URL", "memory://")
     embedded = bus_url.startswith("memory://")
     url = database_url(service, env)
-    generated = []
-    values = {}
-    dev = None
-    for name in GENERATED_SECRETS:
-        value = env.get(name)
-        if not value:
-            if not embedded:
-                raise ConfigError(f"{name} must be set in real mode (BUS_URL={bus_url.split('@')[-1]})")
-            dev = dev or _dev_secrets(env)
-            value = dev[name]
-            generated.append(name)
-        values[name] = value
+    generated: list[str] = []
+    values = {name: secret(name, env, generated) for name in KERNEL_SECRETS[service]}
     sandbox_secret = env.get("LINKSHOP_SANDBOX_SECRET") or ("sandbox-secret" if embedded else None)
     if env.get("LINKSHOP_SANDBOX_ENABLED", "true").lower() in ("0", "false", "no"):
         sandbox_secret = None
@@ -123,11 +147,8 @@ def load_settings(service: str, env: os._Environ | dict | None = None) -> Settin
         service=service,
         database_url=url,
         bus_url=bus_url,
-        admin_token=values["LINKSHOP_ADMIN_TOKEN"],
-        vault_key=values["LINKSHOP_VAULT_KEY"],
-        vault_previous_keys=tuple(k.strip() for k in env.get("LINKSHOP_VAULT_PREVIOUS_KEYS", "").split(",")
-                                  if k.strip()),
-        token_secret=values["LINKSHOP_TOKEN_SECRET"],
+        admin_token=values[ADMIN_TOKEN],
+        token_secret=values.get(TOKEN_SECRET),
         sandbox_secret=sandbox_secret,
         hold_seconds=int(env.get("LINKSHOP_HOLD_SECONDS", 604800)),
         refund_window_seconds=int(env.get("LINKSHOP_REFUND_WINDOW_SECONDS") or env.get("LINKSHOP_HOLD_SECONDS", 604800)),

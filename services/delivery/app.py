@@ -5,6 +5,7 @@ from shared.db import Database
 from shared.web import create_service_app
 
 from .api import bp
+from .config import DeliveryConfig, load_config
 from .models import Base, outbox
 from .payments import providers_for
 from .vault import Vault
@@ -16,10 +17,12 @@ def open_database(settings: Settings) -> Database:
     return Database(settings.database_url, Base.metadata)
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, bus=None):
+def create_app(settings: Settings | None = None, db: Database | None = None, bus=None,
+               config: DeliveryConfig | None = None):
     settings = settings or load_settings(SERVICE)
+    config = config or load_config(settings)  # refuses to start in real mode without the vault key
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
-    app.extensions["linkshop"].extra.update(vault=Vault(settings.vault_key, settings.vault_previous_keys), providers=providers_for(settings))
+    app.extensions["linkshop"].extra.update(vault=Vault(config.vault_key, config.vault_previous_keys), providers=providers_for(settings))
     app.register_blueprint(bp)
     return app

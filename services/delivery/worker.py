@@ -16,7 +16,9 @@ from .models import inbox, outbox
 SOLD_REFRESH_S = 300.0
 
 
-def build_worker(settings: Settings, db: Database | None = None) -> WorkerSpec:
+def build_worker(settings: Settings, db: Database | None = None, config=None) -> WorkerSpec:
+    """``config`` (DeliveryConfig) is accepted like every service's and unused: the worker
+    never opens the vault."""
     db = db or open_database(settings)
 
     def expire():

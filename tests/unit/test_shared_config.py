@@ -1,11 +1,15 @@
-"""shared.config: real mode refuses to start without secrets; embedded mode generates dev
-secrets once, keeps them in var/dev-secrets.json and says so; the environment wins."""
+"""shared.config: real mode refuses to start without the secrets a service uses (and only
+those: the vault key is delivery's alone, the user-token secret is not catalog's or risk's);
+embedded mode generates dev secrets once, keeps them in var/dev-secrets.json and says so;
+the environment wins."""
 import json
 import stat
 
 import pytest
 
-from shared.config import GENERATED_SECRETS, SERVICES, ConfigError, load_settings
+from services.delivery.config import load_config as load_delivery_config
+from shared.config import (GENERATED_SECRETS, KERNEL_SECRETS, SERVICES, ConfigError, database_url,
+                           load_settings)
 
 REAL_SECRETS = {"LINKSHOP_ADMIN_TOKEN": "admin-x", "LINKSHOP_VAULT_KEY": "vault-key-0123456789abcdef",
                 "LINKSHOP_TOKEN_SECRET": "token-x"}
@@ -16,12 +20,21 @@ def real_env(tmp_path, **extra):
     return {"LINKSHOP_VAR_DIR": str(tmp_path), "BUS_URL": AMQP, **extra}
 
 
-@pytest.mark.parametrize("missing", GENERATED_SECRETS)
-def test_real_mode_refuses_to_start_without_each_secret(tmp_path, missing):
+def load_service(service, env):
+    """What the service's processes load: the kernel's settings, then its own config."""
+    settings = load_settings(service, env)
+    return settings, (load_delivery_config(settings, env) if service == "delivery" else None)
+
+
+REQUIRED = [(svc, name) for svc in SERVICES for name in KERNEL_SECRETS[svc]] + [("delivery", "LINKSHOP_VAULT_KEY")]
+
+
+@pytest.mark.parametrize("service,missing", REQUIRED)
+def test_real_mode_refuses_to_start_without_each_secret(tmp_path, service, missing):
     env = real_env(tmp_path, **REAL_SECRETS)
     del env[missing]
     with pytest.raises(ConfigError) as info:
-        load_settings("catalog", env)
+        load_service(service, env)
     assert missing in str(info.value)
     assert "secretpw" not in str(info.value)  # the broker password is not echoed
     assert not (tmp_path / "dev-secrets.json").exists()
@@ -36,42 +49,77 @@ def test_real_mode_with_secrets_generates_nothing(tmp_path):
     s = load_settings("catalog", real_env(tmp_path, **REAL_SECRETS))
     assert not s.embedded
     assert s.generated == ()
-    assert (s.admin_token, s.vault_key, s.token_secret) == ("admin-x", "vault-key-0123456789abcdef", "token-x")
+    assert s.admin_token == "admin-x"
+    assert s.token_secret is None  # catalog checks no user token: not even read
+    assert not hasattr(s, "vault_key"), "the vault key is delivery's own setting"
     assert s.sandbox_secret is None  # no dev default outside embedded mode
     assert s.public_url == "http://127.0.0.1:8081"
+    d, config = load_service("delivery", real_env(tmp_path, **REAL_SECRETS))
+    assert (d.admin_token, config.vault_key, d.token_secret) == ("admin-x", "vault-key-0123456789abcdef", "token-x")
+    assert d.generated == () and config.generated == ()
     assert not (tmp_path / "dev-secrets.json").exists()
+
+
+@pytest.mark.parametrize("service", [svc for svc in SERVICES if svc != "delivery"])
+def test_only_delivery_needs_the_vault_key_in_real_mode(tmp_path, service):
+    env = real_env(tmp_path, **{k: v for k, v in REAL_SECRETS.items() if k != "LINKSHOP_VAULT_KEY"},
+                   LINKSHOP_VAULT_PREVIOUS_KEYS="old-vault-key-0123456789")
+    s, _ = load_service(service, env)
+    assert not s.embedded and s.admin_token == "admin-x"
+    with pytest.raises(ConfigError, match="LINKSHOP_VAULT_KEY"):
+        load_service("delivery", env)
+    assert not (tmp_path / "dev-secrets.json").exists()
+
+
+@pytest.mark.parametrize("service", ["catalog", "risk"])
+def test_services_that_check_no_user_token_start_without_its_secret(tmp_path, service):
+    env = real_env(tmp_path, LINKSHOP_ADMIN_TOKEN="admin-x")
+    s, _ = load_service(service, env)
+    assert (s.admin_token, s.token_secret) == ("admin-x", None)
+    for needs in ("delivery", "referral", "payout"):
+        with pytest.raises(ConfigError, match="LINKSHOP_TOKEN_SECRET"):
+            load_settings(needs, env)
+
+
+def test_delivery_reads_the_previous_vault_keys(tmp_path):
+    env = real_env(tmp_path, **REAL_SECRETS, LINKSHOP_VAULT_PREVIOUS_KEYS=" old-1-0123456789abcdef, ,old-2-0123456789abcdef ")
+    _, config = load_service("delivery", env)
+    assert config.vault_previous_keys == ("old-1-0123456789abcdef", "old-2-0123456789abcdef")
 
 
 def test_embedded_generates_persists_and_reports_dev_secrets(tmp_path):
     env = {"LINKSHOP_VAR_DIR": str(tmp_path)}
-    first = load_settings("catalog", env)
+    first, vault = load_service("delivery", env)
     assert first.embedded
-    assert set(first.generated) == set(GENERATED_SECRETS)
-    assert len({first.admin_token, first.vault_key, first.token_secret}) == 3
-    assert all(len(v) >= 32 for v in (first.admin_token, first.vault_key, first.token_secret))
+    assert set(first.generated) | set(vault.generated) == set(GENERATED_SECRETS)
+    assert len({first.admin_token, vault.vault_key, first.token_secret}) == 3
+    assert all(len(v) >= 32 for v in (first.admin_token, vault.vault_key, first.token_secret))
     path = tmp_path / "dev-secrets.json"
     stored = json.loads(path.read_text())
     assert stored["LINKSHOP_ADMIN_TOKEN"] == first.admin_token
-    assert stored["LINKSHOP_VAULT_KEY"] == first.vault_key
+    assert stored["LINKSHOP_VAULT_KEY"] == vault.vault_key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # A restart (and every other service) reads the same values: the vault stays readable.
-    again = load_settings("catalog", env)
-    other = load_settings("delivery", env)
-    for s in (again, other):
-        assert (s.admin_token, s.vault_key, s.token_secret) == \
-            (first.admin_token, first.vault_key, first.token_secret)
-        assert set(s.generated) == set(GENERATED_SECRETS)  # still reported as generated
+    again, again_vault = load_service("delivery", env)
+    assert (again.admin_token, again_vault.vault_key, again.token_secret) == \
+        (first.admin_token, vault.vault_key, first.token_secret)
+    assert set(again.generated) | set(again_vault.generated) == set(GENERATED_SECRETS)  # still reported
+    for svc in ("catalog", "referral", "payout", "risk"):
+        other = load_settings(svc, env)
+        assert other.admin_token == first.admin_token
+        assert set(other.generated) == set(KERNEL_SECRETS[svc])
+        assert other.token_secret == (first.token_secret if "LINKSHOP_TOKEN_SECRET" in KERNEL_SECRETS[svc] else None)
     assert first.sandbox_secret == "sandbox-secret"
 
 
 def test_environment_wins_over_generated_values(tmp_path):
     env = {"LINKSHOP_VAR_DIR": str(tmp_path)}
     load_settings("catalog", env)  # dev secrets exist on disk now
-    s = load_settings("catalog", {**env, "LINKSHOP_ADMIN_TOKEN": "from-env",
-                                  "LINKSHOP_SANDBOX_SECRET": "sb"})
+    s, vault = load_service("delivery", {**env, "LINKSHOP_ADMIN_TOKEN": "from-env",
+                                         "LINKSHOP_SANDBOX_SECRET": "sb"})
     assert s.admin_token == "from-env"
     assert "LINKSHOP_ADMIN_TOKEN" not in s.generated
-    assert set(s.generated) == {"LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET"}
+    assert set(s.generated) | set(vault.generated) == {"LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET"}
     assert s.sandbox_secret == "sb"
     every = load_settings("catalog", {**env, **REAL_SECRETS})
     assert every.generated == ()
@@ -86,6 +134,9 @@ def test_database_url_precedence(tmp_path):
     own = {**shared_url, "PAYOUT_DATABASE_URL": "postgresql+psycopg://x/payout"}
     assert load_settings("payout", own).database_url == "postgresql+psycopg://x/payout"
     assert load_settings("risk", own).database_url == "sqlite:///shared.db"
+    # One URL for every service, each in its own schema (docs/migrations.md); secrets not read.
+    one = {"DATABASE_URL": "postgresql+psycopg://u@db/linkshop?options=-csearch_path%3D{service}"}
+    assert database_url("risk", one) == "postgresql+psycopg://u@db/linkshop?options=-csearch_path%3Drisk"
 
 
 def test_numeric_and_list_settings(tmp_path):
@@ -121,7 +172,10 @@ def test_embedded_banner_says_whether_the_admin_token_is_a_dev_value(tmp_path):
     assert "from LINKSHOP_ADMIN_TOKEN" in text and "admin-x" not in text
     # Every service of one embedded system shares the same secrets.
     assert len({s.admin_token for s in given.settings.values()}) == 1
-    assert len({s.vault_key for s in generated.settings.values()}) == 1
+    # delivery's generated vault key is reported too, though no kernel setting carries it
+    assert "LINKSHOP_VAULT_KEY" in banner(generated, "http://127.0.0.1:8080")
+    stored = json.loads((tmp_path / "a" / "dev-secrets.json").read_text())
+    assert generated.configs["delivery"].vault_key == stored["LINKSHOP_VAULT_KEY"]
     for system in (generated, given):
         for app in system.apps.values():
             app.extensions["linkshop"].db.dispose()
