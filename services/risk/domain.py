@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.db import run
-from shared.errors import ApiError
+from shared.errors import Conflict, Invalid
 from shared.identity import email_hash, normalise_email
 from shared.inbox import NotReady
 
@@ -818,7 +818,7 @@ def assess_withdrawal(session: Session, book: RuleBook, w: Withdrawal, user: Use
 def operator_decide(session: Session, row: Decision, verdict: str, note: str | None, now: datetime) -> Decision:
     """The operator's answer to a decision in review; announced like any other decision."""
     if row.decision != "review":
-        raise ApiError(409, "not_in_review", f"this decision is {row.decision}, not in review")
+        raise Conflict(f"this decision is {row.decision}, not in review", code="not_in_review")
     row.decision, row.decided_by, row.note, row.decided_at = verdict, "operator", note, now
     reasons = row.reasons + [{"rule": "operator", "score": 0, "reason": f"{verdict}d by the operator"
                               + (f": {note}" if note else "")}]
@@ -873,9 +873,9 @@ def add_block(session: Session, kind: str, value: str, reason: str | None, now: 
     try:
         stored = normalise_block_value(kind, value)
     except ValueError as exc:
-        raise ApiError(422, "invalid", "the request has invalid fields", {"value": [str(exc)]}) from None
+        raise Invalid("the request has invalid fields", {"value": [str(exc)]}) from None
     if session.scalar(select(BlockEntry.id).where(BlockEntry.kind == kind, BlockEntry.value == stored)):
-        raise ApiError(409, "already_blocked", f"{kind} {stored} is already on the blocklist")
+        raise Conflict(f"{kind} {stored} is already on the blocklist", code="already_blocked")
     entry = BlockEntry(kind=kind, value=stored, reason=reason, created_at=now)
     session.add(entry)
     session.flush()

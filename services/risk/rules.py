@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from shared.errors import Invalid
 
 from .models import RuleSetting
 
@@ -147,12 +151,6 @@ class Rule:
     def hit(self, reason: str) -> Hit:
         return Hit(self.name, self.score, reason, self.spec.hard)
 
-    def view(self, updated_at=None) -> dict:
-        return {"name": self.name, "stage": self.spec.stage, "description": self.spec.description,
-                "enabled": self.enabled, "score": self.score, "hard": self.spec.hard, "params": self.params,
-                "defaults": {"enabled": True, "score": self.spec.score, "params": self.spec.params},
-                "updated_at": updated_at.isoformat() if updated_at else None}
-
 
 class RuleBook:
     """Every rule as configured in this transaction: one query, then lookups."""
@@ -245,3 +243,23 @@ def validate_params(spec: RuleSpec, params: dict) -> dict:
         if key in params and key not in errors and params[key] > 1:
             errors[key] = ["must be between 0 and 1"]
     return errors
+
+
+def update_setting(session: Session, spec: RuleSpec, changes: dict, now: datetime) -> RuleSetting:
+    """The operator changes a rule's switch, score or parameters; those not given keep their value."""
+    errors = validate_params(spec, changes.get("params", {}))
+    if errors:
+        raise Invalid("the request has invalid fields", {"params": errors})
+    if spec.stage == "decision" and changes.get("enabled") is False:
+        raise Invalid("the decision thresholds cannot be switched off", {"enabled": ["must stay true"]})
+    current = RuleBook(session).rules[spec.name]
+    row = session.get(RuleSetting, spec.name, with_for_update=True)
+    if row is None:
+        row = RuleSetting(name=spec.name)
+        session.add(row)
+    row.enabled = changes.get("enabled", current.enabled)
+    row.score = changes.get("score", current.score)
+    row.params = {**current.params, **changes.get("params", {})}
+    row.updated_at = now
+    session.flush()
+    return row

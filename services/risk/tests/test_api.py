@@ -162,3 +162,30 @@ def test_blocklist_query_errors(shop):
     assert_error(shop.risk.post("/risk/v1/blocklist", data="[]", headers={**shop.admin, "Content-Type": "application/json"}),
                  400, "bad_json")
     assert_error(shop.risk.get("/risk/v1/blocklist/abc", headers=shop.admin), 404)
+
+
+def test_the_domains_refusals_answer_as_before(shop):
+    """Risk's domain raises domain errors; the kernel maps them to the same status, code,
+    message and fields the routes answered with when they raised HTTP errors themselves."""
+    def body(r, status):
+        assert r.status_code == status, r.json
+        return r.json["error"]
+    shop.set_rule("velocity_device", params={"limit": 1})
+    shop.created(0, device_id="d")
+    held = shop.decision(shop.created(10, device_id="d", email="b@example.com"))
+    shop.risk.post(f"/risk/v1/decisions/{held['id']}/approve", headers=shop.admin)
+    assert body(shop.risk.post(f"/risk/v1/decisions/{held['id']}/reject", headers=shop.admin), 409) == {
+        "code": "not_in_review", "message": "this decision is approve, not in review", "fields": {}}
+    shop.block("ip", "81.2.90.0/24")
+    assert body(shop.risk.post("/risk/v1/blocklist", json={"kind": "ip", "value": "81.2.90.7/24"},
+                               headers=shop.admin), 409) == {
+        "code": "already_blocked", "message": "ip 81.2.90.0/24 is already on the blocklist", "fields": {}}
+    assert body(shop.risk.post("/risk/v1/blocklist", json={"kind": "ip", "value": "nope"}, headers=shop.admin), 422) \
+        == {"code": "invalid", "message": "the request has invalid fields",
+            "fields": {"value": ["not an IP address or CIDR network"]}}
+    assert body(shop.risk.put("/risk/v1/rules/decision", json={"enabled": False}, headers=shop.admin), 422) == {
+        "code": "invalid", "message": "the decision thresholds cannot be switched off",
+        "fields": {"enabled": ["must stay true"]}}
+    assert body(shop.risk.put("/risk/v1/rules/ring", json={"params": {"nope": 1}}, headers=shop.admin), 422) == {
+        "code": "invalid", "message": "the request has invalid fields",
+        "fields": {"params": {"nope": ["unknown parameter of ring"]}}}
