@@ -535,7 +535,9 @@ def test_services_ingress_and_podmonitor_reach_the_pods(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_migrate_job_runs_every_service_in_real_mode(overlay):
+def test_migrate_job_migrates_every_service_with_nothing_but_database_urls(overlay):
+    """``services.manage migrate`` reads only the database URLs (shared.config.database_url):
+    the Job gets no bus URL and no secret it does not need, least of all the vault key."""
     docs = rendered(overlay)
     (job,) = of_kind(docs, "Job")
     pod = job["spec"]["template"]["spec"]
@@ -545,8 +547,73 @@ def test_migrate_job_runs_every_service_in_real_mode(overlay):
     env = _env(c)
     for svc in SERVICES:
         assert "secretKeyRef" in env[f"{svc.upper()}_DATABASE_URL"]["valueFrom"], svc
-    for name in ("BUS_URL", "LINKSHOP_ADMIN_TOKEN", "LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET"):
-        assert "secretKeyRef" in env[name]["valueFrom"], f"migrate needs {name} for real mode"
+    for name in ("BUS_URL", "LINKSHOP_ADMIN_TOKEN", "LINKSHOP_VAULT_KEY", "LINKSHOP_TOKEN_SECRET",
+                 "LINKSHOP_VAULT_PREVIOUS_KEYS", "LINKSHOP_SANDBOX_SECRET"):
+        assert name not in env, f"migrate does not need {name}"
+    assert set(env) == {f"{svc.upper()}_DATABASE_URL" for svc in SERVICES}
+
+
+# Which pod may see which secret key (docs/operations.md#secrets): what the process reads.
+SECRET_USERS = {
+    "LINKSHOP_VAULT_KEY": {"delivery-api"},
+    "LINKSHOP_SANDBOX_SECRET": {"delivery-api"},
+    "LINKSHOP_TOKEN_SECRET": {f"{svc}-{c}" for svc in ("delivery", "referral", "payout") for c in ("api", "worker")},
+    "LINKSHOP_ADMIN_TOKEN": {f"{svc}-{c}" for svc in SERVICES for c in ("api", "worker")},
+    "BUS_URL": {f"{svc}-{c}" for svc in SERVICES for c in ("api", "worker")},
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_secret_is_mounted_only_where_it_is_used(overlay):
+    docs = rendered(overlay)
+    seen = {name: set() for name in SECRET_USERS}
+    for doc, pod in _pod_specs(docs):
+        for c in pod["containers"] + pod.get("initContainers", []):
+            refs = {e["name"] for e in c.get("env", [])} | {
+                e["valueFrom"]["secretKeyRef"]["key"] for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})}
+            for name in SECRET_USERS:
+                if name in refs:
+                    seen[name].add(doc["metadata"]["name"])
+    assert seen["LINKSHOP_VAULT_KEY"] == {"delivery-api"}, "the vault key belongs in delivery's API pod alone"
+    for name, users in SECRET_USERS.items():
+        assert seen[name] == users, f"{name}: mounted in {sorted(seen[name])}, used by {sorted(users)}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_gets_the_secrets_its_service_requires(overlay):
+    """The other side: a pod missing a secret its config requires would not start in real mode."""
+    sys.path.insert(0, str(ROOT))
+    from shared.config import KERNEL_SECRETS
+    docs = rendered(overlay)
+    for d in of_kind(docs, "Deployment"):
+        svc = d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        env = _env(c)
+        required = set(KERNEL_SECRETS[svc]) | {"BUS_URL", f"{svc.upper()}_DATABASE_URL"}
+        if d["metadata"]["name"] == "delivery-api":
+            required.add("LINKSHOP_VAULT_KEY")  # services/delivery/config.py
+        for name in required:
+            assert "secretKeyRef" in env.get(name, {}).get("valueFrom", {}), f"{d['metadata']['name']}: {name}"
+
+
+def test_what_every_pod_shares_is_written_once():
+    """Hardening, probe timings, resources and rollout live in deploy/k8s/base/common/; a
+    service's file keeps only what is its own, so a change to them lands once."""
+    yaml = module("yaml")
+    for path in [K8S / "base" / f"{svc}.yaml" for svc in SERVICES] + [K8S / "base" / "migrate-job.yaml"]:
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc["kind"] not in ("Deployment", "Job"):
+                continue
+            pod = doc["spec"]["template"]["spec"]
+            assert "securityContext" not in pod, f"{path.name}: pod securityContext belongs in common/hardening.yaml"
+            for c in pod["containers"]:
+                assert "securityContext" not in c, f"{path.name}: container securityContext belongs in common/"
+                if doc["kind"] == "Deployment":
+                    for key in ("resources", "volumeMounts", "image", "lifecycle"):
+                        assert key not in c, f"{path.name}: {key} belongs in common/"
+                    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                        assert set(c.get(probe, {})) <= {"httpGet"}, f"{path.name}: {probe} timings belong in common/"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
