@@ -43,6 +43,28 @@ def migrate(services: list[str]) -> None:
         print(f"{service}: schema at head ({make_url(url).render_as_string(hide_password=True)})")
 
 
+def revision(service: str, message: str, autogenerate: bool = False) -> Path:
+    """Writes services/<svc>/migrations/versions/<NNNN>_<slug>.py, the next number of that
+    service's history. ``autogenerate`` compares the models with the history's head, built in
+    a scratch SQLite database (docs/migrations.md)."""
+    import tempfile
+
+    from alembic import command
+
+    from shared.migrations import alembic_config
+    directory = migrations_dir(service)
+    numbers = [int(p.name[:4]) for p in (directory / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")]
+    rev_id = f"{max(numbers, default=0) + 1:04d}"
+    with tempfile.TemporaryDirectory(prefix=f"linkshop-{service}-revision-") as tmp:
+        url = f"sqlite:///{tmp}/{service}.db"
+        upgrade(service, url)
+        script = command.revision(alembic_config(service, url, migrations=directory), message=message,
+                                  autogenerate=autogenerate, rev_id=rev_id)
+    path = Path(script.path)
+    print(f"{service}: wrote {path} (review it: autogenerate misses renames, data and server defaults)")
+    return path
+
+
 def rotate_vault() -> None:
     """Re-seal every card key under the current LINKSHOP_VAULT_KEY, in batches."""
     from services.delivery import domain
@@ -69,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("migrate", help="create or upgrade each service's schema")
     cmd.add_argument("services", nargs="*", metavar="SERVICE", help=", ".join(SERVICES))
+    rev = sub.add_parser("revision", help="write a service's next Alembic revision (docs/migrations.md)")
+    rev.add_argument("service", choices=SERVICES)
+    rev.add_argument("-m", "--message", required=True)
+    rev.add_argument("--autogenerate", action="store_true", help="compare the models with the history's head")
     sub.add_parser("rotate-vault", help="re-seal card keys under the current LINKSHOP_VAULT_KEY")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         migrate(args.services or list(SERVICES))
+    elif args.command == "revision":
+        revision(args.service, args.message, args.autogenerate)
     elif args.command == "rotate-vault":
         rotate_vault()
     return 0

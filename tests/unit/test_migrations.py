@@ -186,3 +186,27 @@ def test_a_legacy_postgresql_database_is_adopted(pg_database):
         assert versions(conn, "alembic_version") == ["0002"]
         assert schema_diff(conn, "delivery") == []
     engine.dispose()
+
+
+def test_a_new_revision_is_the_next_number_of_its_own_history(tmp_path, monkeypatch):
+    """``python -m services.manage revision <svc> -m ... --autogenerate`` (docs/migrations.md),
+    here on a copy of catalog's history: models unchanged, so an empty revision."""
+    import shutil
+
+    import services.manage as manage
+
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrations_dir("catalog"), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(manage, "migrations_dir", lambda service: copy)
+    manage_main(["revision", "catalog", "-m", "nothing yet", "--autogenerate"])
+    (path,) = [p for p in (copy / "versions").glob("0004_*.py")]
+    source = path.read_text()
+    assert path.name == "0004_nothing_yet.py"
+    assert "revision = '0004'" in source and "down_revision = '0003'" in source
+    assert "alembic_version" not in source, "autogenerate leaves every version table alone"
+    url = f"sqlite:///{tmp_path / 'catalog'}.db"
+    manage.upgrade("catalog", url)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert versions(conn, version_table("catalog")) == ["0004"]
+    engine.dispose()
