@@ -33,7 +33,7 @@ from services.payout.models import Base, Posting, inbox
 from shared.db import Database
 from shared.events import make_envelope, utcnow
 from shared.inbox import Consumer
-from shared.migrations import upgrade
+from services.manage import upgrade
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DB_NAME = "linkshop_bench_ledger"

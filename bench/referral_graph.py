@@ -26,7 +26,7 @@ def build(users: int, max_depth: int, seed: int) -> str:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
         conn.execute(f"CREATE DATABASE {DB_NAME}")
     url = ADMIN_DSN.rsplit("/", 1)[0] + "/" + DB_NAME
-    from shared.migrations import upgrade
+    from services.manage import upgrade
     upgrade("referral", url.replace("postgresql://", "postgresql+psycopg://"))
     rng = random.Random(seed)
     paths, depths = [], []
