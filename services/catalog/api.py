@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 
 from shared.auth import bearer_token, is_admin, require_admin
 from shared.errors import ApiError, load_args, load_json, not_found
 from shared.openapi import documented
+from shared.pagination import paginate
 from shared.web import ctx
 
 from . import domain
@@ -158,11 +159,7 @@ def list_products():
             query = query.where(Product.status == "active")
         if args["merchant_id"]:
             query = query.where(Product.merchant_id == args["merchant_id"])
-        total = s.scalar(select(func.count()).select_from(query.subquery()))
-        rows = s.scalars(query.order_by(Product.created_at.desc(), Product.id)
-                         .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
-        return jsonify({"items": [product_view(p) for p in rows], "page": args["page"],
-                        "per_page": args["per_page"], "total": total})
+        return jsonify(paginate(s, query.order_by(Product.created_at.desc(), Product.id), args, product_view))
 
 
 @bp.get("/products/<product_id>")

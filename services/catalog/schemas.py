@@ -1,5 +1,7 @@
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from shared.pagination import page_schema
+
 MAX_CENTS = 10**10
 
 
@@ -68,7 +70,5 @@ class ProductPatchSchema(Schema):
     commission = fields.Nested(CommissionSchema, allow_none=True)
 
 
-class PageSchema(Schema):
-    page = fields.Int(load_default=1, validate=validate.Range(min=1))
-    per_page = fields.Int(load_default=20, validate=validate.Range(min=1, max=100))
+class PageSchema(page_schema(per_page=20, max_per_page=100)):
     merchant_id = fields.Str(load_default=None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from shared import idempotency as idem
@@ -11,6 +11,7 @@ from shared.auth import bearer_token, is_admin, require_admin, verify_user_token
 from shared.errors import ApiError, load_args, load_json, not_found
 from shared.events import utcnow
 from shared.openapi import documented
+from shared.pagination import paginate
 from shared.web import ctx
 
 from . import domain, ledger
@@ -124,11 +125,8 @@ def list_withdrawals():
             query = query.where(Withdrawal.owner == owner)
         if args["status"]:
             query = query.where(Withdrawal.status == args["status"])
-        total = s.scalar(select(func.count()).select_from(query.subquery()))
-        rows = s.scalars(query.order_by(Withdrawal.requested_at, Withdrawal.id)
-                         .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
-        return jsonify({"items": [domain.withdrawal_view(w) for w in rows], "page": args["page"],
-                        "per_page": args["per_page"], "total": total})
+        return jsonify(paginate(s, query.order_by(Withdrawal.requested_at, Withdrawal.id), args,
+                                domain.withdrawal_view))
 
 
 @bp.get("/withdrawals/<withdrawal_id>")

@@ -1,12 +1,12 @@
 from marshmallow import Schema, fields, validate
 
+from shared.pagination import page_schema
+
 OWNER = r"^(merchant|user):[A-Za-z0-9_.\-]{1,40}$|^(platform|payouts|provider:[a-z0-9_]{1,32})$"
 STATUSES = ["requested", "review", "approved", "paid", "rejected"]
 
 
-class PageSchema(Schema):
-    page = fields.Int(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    per_page = fields.Int(load_default=50, validate=validate.Range(min=1, max=200))
+PageSchema = page_schema(per_page=50, max_per_page=200, max_page=1_000_000)
 
 
 class WithdrawalListSchema(PageSchema):

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shared.auth import bearer_token, is_admin, issue_user_token, require_admin, verify_user_token
 from shared.errors import ApiError, load_args, load_json, not_found
 from shared.events import utcnow
 from shared.openapi import documented
+from shared.pagination import page_rows, paginate
 from shared.web import ctx
 
 from . import binding, domain
@@ -128,12 +129,8 @@ def commissions(user_id):
     _caller_may_see(user_id)
     args = load_args(PageSchema())
     with ctx().db.read() as s:
-        query = select(CommissionLine).where(CommissionLine.user_id == user_id)
-        total = s.scalar(select(func.count()).select_from(query.subquery()))
-        rows = s.scalars(query.order_by(CommissionLine.id.desc())
-                         .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
-        return jsonify({"items": [_line_view(r) for r in rows], "page": args["page"],
-                        "per_page": args["per_page"], "total": total})
+        query = select(CommissionLine).where(CommissionLine.user_id == user_id).order_by(CommissionLine.id.desc())
+        return jsonify(paginate(s, query, args, _line_view))
 
 
 @bp.get("/orders/<order_no>/explain")
@@ -152,9 +149,8 @@ def held_lines():
     require_admin(c.settings.admin_token)
     args = load_args(PageSchema())
     with c.db.read() as s:
-        rows = s.scalars(select(CommissionLine).where(CommissionLine.status == "held").order_by(CommissionLine.id)
-                         .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
-        return jsonify({"items": [{**_line_view(r), "user_id": r.user_id} for r in rows]})
+        query = select(CommissionLine).where(CommissionLine.status == "held").order_by(CommissionLine.id)
+        return jsonify({"items": [{**_line_view(r), "user_id": r.user_id} for r in page_rows(s, query, args)]})
 
 
 @bp.post("/commissions/<int:line_id>/<decision>")

@@ -1,5 +1,7 @@
 from marshmallow import Schema, fields, validate
 
+from shared.pagination import page_schema
+
 
 class RegisterSchema(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=254))
@@ -19,9 +21,7 @@ class BindingRuleSchema(Schema):
     lock_days = fields.Int(load_default=0, strict=True, validate=validate.Range(min=0, max=3650))
 
 
-class PageSchema(Schema):
-    page = fields.Int(load_default=1, validate=validate.Range(min=1))
-    per_page = fields.Int(load_default=50, validate=validate.Range(min=1, max=200))
+PageSchema = page_schema(per_page=50, max_per_page=200)
 
 
 class TeamQuerySchema(PageSchema):

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shared.auth import require_admin
 from shared.errors import load_args, load_json, not_found
 from shared.events import utcnow
+from shared.pagination import paginate
 from shared.web import ctx
 
 from . import domain
@@ -46,12 +47,6 @@ def _get_or_404(session, model, key, what: str, **kw):
     return row
 
 
-def _page(session, query, args, view) -> dict:
-    total = session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = session.scalars(query.offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
-    return {"items": [view(r) for r in rows], "page": args["page"], "per_page": args["per_page"], "total": total}
-
-
 @bp.get("/decisions")
 def decisions():
     """``?order_no=`` (the order's decision and its commission flags), ``?status=review``
@@ -65,7 +60,7 @@ def decisions():
         query = query.where(Decision.decision == args["status"])
     query = query.order_by(Decision.created_at, Decision.id)
     with ctx().db.read() as s:
-        return jsonify(_page(s, query, args, _decision_view))
+        return jsonify(paginate(s, query, args, _decision_view))
 
 
 @bp.get("/decisions/<int:decision_id>")
@@ -128,7 +123,7 @@ def blocklist():
     if args["kind"]:
         query = query.where(BlockEntry.kind == args["kind"])
     with ctx().db.read() as s:
-        return jsonify(_page(s, query, args, _block_view))
+        return jsonify(paginate(s, query, args, _block_view))
 
 
 @bp.post("/blocklist")

@@ -1,11 +1,11 @@
 from marshmallow import Schema, ValidationError, fields, validate
 
+from shared.pagination import page_schema
+
 from .domain import BLOCK_KINDS
 
 
-class PageSchema(Schema):
-    page = fields.Int(load_default=1, validate=validate.Range(min=1))
-    per_page = fields.Int(load_default=50, validate=validate.Range(min=1, max=200))
+PageSchema = page_schema(per_page=50, max_per_page=200)
 
 
 class DecisionQuerySchema(PageSchema):
