@@ -24,7 +24,8 @@ from .models import (BlockEntry, Decision, Earning, Fingerprint, Order, Product,
 from .rules import Hit, RuleBook, rule_book
 
 BLOCK_KINDS = ("email", "email_domain", "ip", "device")
-SOURCE_DIMENSIONS = (("device_id", "device"), ("email_hash", "email"), ("ip", "IP"))
+SOURCE_LABELS = {"device_id": "device", "email_hash": "email", "ip": "IP"}  # an order's sources, as reasons name them
+SOURCE_DIMENSIONS = tuple(SOURCE_LABELS.items())
 ROW_CAP = 500  # rows read per source and window: enough for every limit, bounded on a busy NAT
 
 
@@ -63,16 +64,33 @@ def routable(ip: str | None) -> bool:
 
 # -- projections -----------------------------------------------------------------------------
 
+def _get_or_add(session: Session, model, key: str, **new):
+    """The projection's row of ``key``; a new one with the values ``new`` if there is none."""
+    row = session.get(model, key)
+    if row is None:
+        row = model(**new)
+        session.add(row)
+    return row
+
+
 def upsert_product(session: Session, p: dict) -> None:
-    product = session.get(Product, p["product_id"])
+    product = _get_or_add(session, Product, p["product_id"], id=p["product_id"], orders_seen=0, amount_sum_cents=0,
+                          version=-1)
     version = p.get("version", 0)
-    if product is None:
-        product = Product(id=p["product_id"], orders_seen=0, amount_sum_cents=0, version=-1)
-        session.add(product)
     if product.version >= version:
         return
     product.merchant_id, product.version = p.get("merchant_id"), version
     product.price_cents, product.max_per_order = p.get("price_cents"), p.get("max_per_order")
+
+
+def _identities(x: User | Order) -> list[tuple[str, str | None]]:
+    """What a registration or an order shows of a user, as fingerprints."""
+    return [("email", x.email_hash), ("ip", x.ip), ("device", x.device_id)]
+
+
+def _fingerprints(session: Session, user_id: str, kinds=None) -> set[tuple[str, str]]:
+    query = select(Fingerprint.kind, Fingerprint.value).where(Fingerprint.user_id == user_id)
+    return set(session.execute(query if kinds is None else query.where(Fingerprint.kind.in_(kinds))).all())
 
 
 def _add_fingerprints(session: Session, user_id: str, pairs: list[tuple[str, str | None]],
@@ -81,22 +99,13 @@ def _add_fingerprints(session: Session, user_id: str, pairs: list[tuple[str, str
     pairs = [(kind, value) for kind, value in pairs if value]
     if not pairs:
         return []
-    known = set(session.execute(select(Fingerprint.kind, Fingerprint.value).where(
-        Fingerprint.user_id == user_id, Fingerprint.kind.in_({k for k, _ in pairs}))).all())
+    known = _fingerprints(session, user_id, {k for k, _ in pairs})
     added = []
     for kind, value in dict.fromkeys(pairs):
         if (kind, value) not in known:
             session.add(Fingerprint(user_id=user_id, kind=kind, value=value, first_seen=at))
             added.append((kind, value))
     return added
-
-
-def _user(session: Session, user_id: str) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        user = User(id=user_id, ancestors=[])
-        session.add(user)
-    return user
 
 
 def _set_graph(user: User, parent_id: str | None, ancestors: list, at: datetime) -> None:
@@ -106,16 +115,24 @@ def _set_graph(user: User, parent_id: str | None, ancestors: list, at: datetime)
 
 def on_user_registered(session: Session, p: dict) -> None:
     at = parse_time(p.get("registered_at"))
-    user = _user(session, p["user_id"])
+    user = _get_or_add(session, User, p["user_id"], id=p["user_id"], ancestors=[])
     client = p.get("client") or {}
     user.email_hash, user.ip, user.device_id = p.get("email_hash"), _ip(client.get("ip")), client.get("device_id")
     user.registered_at = at
     _set_graph(user, p.get("parent_id"), p.get("ancestors") or [], at)
-    _add_fingerprints(session, user.id, [("email", user.email_hash), ("ip", user.ip), ("device", user.device_id)], at)
+    _add_fingerprints(session, user.id, _identities(user), at)
+
+
+def _registered(session: Session, user_id: str) -> User:
+    """A user whose registration was seen; NotReady (retried later) before."""
+    user = session.get(User, user_id)
+    if user is None or user.registered_at is None:
+        raise NotReady(f"user {user_id} not seen yet")
+    return user
 
 
 def on_user_bound(session: Session, p: dict) -> None:
-    user = _user(session, p["user_id"])
+    user = _get_or_add(session, User, p["user_id"], id=p["user_id"], ancestors=[])
     _set_graph(user, p.get("parent_id"), p.get("ancestors") or [], parse_time(p.get("bound_at")))
 
 
@@ -139,16 +156,13 @@ _orders = Order.__table__
 _at = _orders.c.created_at.type
 
 
+@lru_cache(maxsize=None)  # built once per column: a statement object reused is compiled once
 def _source_rows_statement(column: str):
     o = _orders
     return (select(o.c.created_at, o.c.paid_at, o.c.payer_account, o.c.quantity, o.c.product_id, o.c.email_hash)
             .where(o.c[column] == bindparam("value"), o.c.created_at >= bindparam("since", type_=_at),
                    o.c.created_at <= bindparam("t", type_=_at), o.c.order_no != bindparam("order_no"))
             .order_by(o.c.created_at.desc()).limit(ROW_CAP))
-
-
-# Built once: a statement object reused is compiled once and its cache key is memoised.
-_SOURCE_ROWS = {column: _source_rows_statement(column) for column, _label in SOURCE_DIMENSIONS}
 
 
 def _source_rows(session: Session, order: Order, window_s: int) -> dict[str, list]:
@@ -159,7 +173,7 @@ def _source_rows(session: Session, order: Order, window_s: int) -> dict[str, lis
         value = getattr(order, column)
         if not value or (column == "ip" and not routable(value)):
             continue
-        rows[column] = run(session, _SOURCE_ROWS[column], {
+        rows[column] = run(session, _source_rows_statement(column), {
             "value": value, "since": since, "t": order.created_at, "order_no": order.order_no}).all()
     return rows
 
@@ -188,6 +202,7 @@ def _ip_networks(ip: str) -> tuple[str, ...]:
         return ()
 
 
+@lru_cache(maxsize=None)  # one per kinds and how many values: built once, so compiled once by ``run``
 def _blocklist_statement(shape: tuple[tuple[str, int], ...]):
     """Entries of any of the kinds in ``shape`` with one of the values bound as ``<kind>_<i>``
     (a plain IN list: an expanding one would be rewritten on every execution)."""
@@ -198,7 +213,6 @@ def _blocklist_statement(shape: tuple[tuple[str, int], ...]):
             .order_by(b.c.id))
 
 
-_BLOCKLIST: dict[tuple[tuple[str, int], ...], object] = {}  # by kinds and how many values, each built once
 BLOCK_LABELS = {"email": "email", "email_domain": "email domain", "ip": "IP", "device": "device"}
 
 
@@ -224,10 +238,7 @@ def _blocklist_hits(session: Session, book: RuleBook, order: Order, email: str |
     if not wanted:
         return []
     shape = tuple((kind, len(values)) for kind, values in sorted(wanted.items()))
-    stmt = _BLOCKLIST.get(shape)
-    if stmt is None:
-        stmt = _BLOCKLIST[shape] = _blocklist_statement(shape)
-    entries = run(session, stmt, {f"{kind}_{i}": value for kind, values in wanted.items()
+    entries = run(session, _blocklist_statement(shape), {f"{kind}_{i}": value for kind, values in wanted.items()
                                    for i, value in enumerate(values)}).all()
     return [rule.hit(f"{BLOCK_LABELS[e.kind]} is blocklisted ({e.value})" + (f": {e.reason}" if e.reason else ""))
             for e in entries]
@@ -235,9 +246,8 @@ def _blocklist_hits(session: Session, book: RuleBook, order: Order, email: str |
 
 def _velocity_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
     hits = []
-    for column, name, label in (("ip", "velocity_ip", "IP"), ("device_id", "velocity_device", "device"),
-                                ("email_hash", "velocity_email", "email")):
-        rule = book.get(name)
+    for column, name in (("ip", "velocity_ip"), ("device_id", "velocity_device"), ("email_hash", "velocity_email")):
+        rule, label = book.get(name), SOURCE_LABELS[column]
         if rule is None or column not in rows:
             continue
         since = order.created_at - timedelta(seconds=rule.params["window_s"])
@@ -302,9 +312,7 @@ def _product_burst_hits(session: Session, book: RuleBook, order: Order, rows: di
         "product_id": order.product_id, "since": t - timedelta(seconds=p["window_s"]), "t": t,
         "order_no": order.order_no}).one()
     unpaid = unpaid or 0
-    if unpaid < max(1, p["min_unpaid"]) or unpaid < p["unpaid_share"] * recent:
-        return []
-    if not _is_fresh(session, order, rows):
+    if unpaid < max(1, p["min_unpaid"]) or unpaid < p["unpaid_share"] * recent or not _is_fresh(session, order, rows):
         return []
     hits = [rule.hit(f"a new source during a burst: {unpaid} of the {recent} orders of this product "
                      f"within {p['window_s']}s are unpaid")]
@@ -351,7 +359,8 @@ def _recent_unpaid_hits(book: RuleBook, order: Order, rows: dict) -> list[Hit]:
     if rule is None:
         return []
     since = order.created_at - timedelta(seconds=rule.params["window_s"])
-    for column, label in (("device_id", "device"), ("ip", "IP")):
+    for column in ("device_id", "ip"):
+        label = SOURCE_LABELS[column]
         # an honest buyer trying again keeps their email; a card tester takes a new one per card
         unpaid = sum(1 for r in rows.get(column, ()) if r.created_at >= since and _unpaid_at(r, order.created_at)
                      and r.email_hash != order.email_hash)
@@ -382,7 +391,13 @@ def _payer_velocity_hits(session: Session, book: RuleBook, order: Order, rows: d
 
 
 FRESH_COLUMNS = ("device_id", "email_hash", "buyer_user_id")
-_EARLIER_ORDER: dict[tuple[str, ...], object] = {}  # by the columns the order has, each built once
+
+
+@lru_cache(maxsize=None)  # one per set of columns an order has
+def _earlier_order_statement(columns: tuple[str, ...]):
+    return select(_orders.c.order_no).where(
+        or_(*[_orders.c[c] == bindparam(c) for c in columns]), _orders.c.created_at <= bindparam("t", type_=_at),
+        _orders.c.order_no != bindparam("order_no")).limit(1)
 
 
 def _is_fresh(session: Session, order: Order, rows: dict) -> bool:
@@ -392,13 +407,9 @@ def _is_fresh(session: Session, order: Order, rows: dict) -> bool:
     columns = tuple(c for c in FRESH_COLUMNS if getattr(order, c))
     if not columns:
         return True
-    stmt = _EARLIER_ORDER.get(columns)
-    if stmt is None:
-        stmt = _EARLIER_ORDER[columns] = select(_orders.c.order_no).where(
-            or_(*[_orders.c[c] == bindparam(c) for c in columns]), _orders.c.created_at <= bindparam("t", type_=_at),
-            _orders.c.order_no != bindparam("order_no")).limit(1)
-    return run(session, stmt, {**{c: getattr(order, c) for c in columns}, "t": order.created_at,
-                                  "order_no": order.order_no}).first() is None
+    params = {c: getattr(order, c) for c in columns}
+    return run(session, _earlier_order_statement(columns),
+               {**params, "t": order.created_at, "order_no": order.order_no}).first() is None
 
 
 def _fresh_source_hits(session: Session, book: RuleBook, order: Order, product, rows: dict) -> list[Hit]:
@@ -477,23 +488,32 @@ def _record(session: Session, kind: str, subject: str, decision: str, score: int
 
 
 # An order and its decision, every order: inserted as statements (the ORM's flush of the two
-# objects cost a fifth of the worker's CPU); later events load them from the transaction.
+# objects cost a fifth of the worker's CPU); its payment and delivery are statements too. What
+# works on the order as an object (a commission line, a refund) reads it afresh (``_order``).
 _INSERT_ORDER = _orders.insert().values({c.name: bindparam(c.name) for c in _orders.columns})
 _decisions = Decision.__table__
 _INSERT_DECISION = _decisions.insert().values({c.name: bindparam(c.name) for c in _decisions.columns if c.name != "id"})
+_ORDER_STATE = select(_orders.c.paid_at, _orders.c.delivered_at, _orders.c.created_at, _orders.c.buyer_user_id) \
+    .where(_orders.c.order_no == bindparam("order_no"))
+_SET_PAID = _orders.update().where(_orders.c.order_no == bindparam("b_order_no")).values(
+    paid_at=bindparam("b_paid_at", type_=_at), payer_account=bindparam("b_payer_account"))
+_HAS_EARNING = select(Earning.__table__.c.id).where(Earning.__table__.c.order_no == bindparam("order_no")).limit(1)
+# An order delivered: ``delivered_at`` (given, else when it was paid, else created) unless known,
+# and ``paid_at`` unless known. SET expressions read the row as it was.
+_SET_DELIVERED = _orders.update().where(_orders.c.order_no == bindparam("b_order_no")).values(
+    delivered_at=func.coalesce(_orders.c.delivered_at, bindparam("b_delivered_at", type_=_at), _orders.c.paid_at,
+                               _orders.c.created_at),
+    paid_at=func.coalesce(_orders.c.paid_at, bindparam("b_paid_at", type_=_at)))
 
 
 def reason_texts(reasons: list[dict]) -> list[str]:
     return [f"{r['rule']}: {r['reason']}" for r in reasons]
 
 
-_ORDER_KNOWN = select(_orders.c.order_no).where(_orders.c.order_no == bindparam("order_no"))
-
-
 def on_order_created(session: Session, p: dict) -> dict | None:
     """Assess an order once and answer delivery with ``risk.order.assessed``; returns the
     decision's values (None: assessed before)."""
-    if run(session, _ORDER_KNOWN, {"order_no": p["order_no"]}).first() is not None:
+    if run(session, _ORDER_STATE, {"order_no": p["order_no"]}).first() is not None:
         return None  # the same order announced again: it was assessed and answered already
     client = p.get("client") or {}
     email = p.get("email")
@@ -510,20 +530,23 @@ def on_order_created(session: Session, p: dict) -> dict | None:
     order.buyer_ref = order.buyer_user_id  # a guest is matched to a user only if a commission needs it
     run(session, _INSERT_ORDER, {c.name: getattr(order, c.key) for c in _orders.columns})
     if order.buyer_user_id:
-        added = _add_fingerprints(session, order.buyer_user_id, [("email", order.email_hash), ("ip", order.ip),
-                                                                 ("device", order.device_id)], order.created_at)
-        _rescreen_earner(session, order.buyer_user_id, added, order.created_at)
+        _seen_on(session, order.buyer_user_id, _identities(order), order.created_at)
     if decision == "approve":  # the product's usual amount is learned from orders that pass
         _learn_amount(session, order)
     row = _decision("order", order.order_no, decision, score, hits, order.created_at, order_no=order.order_no)
     run(session, _INSERT_DECISION, row)
-    _publish_order(session, order.order_no, decision, score, row["reasons"])
+    _publish_assessed(session, "order", order.order_no, decision, score, row["reasons"])
     return row
 
 
-def _publish_order(session: Session, order_no: str, decision: str, score: int, reasons: list[dict]) -> None:
-    outbox.add(session, "risk.order.assessed", {"order_no": order_no, "decision": decision, "score": score,
-                                                "reasons": reason_texts(reasons)}, order_no)
+_SUBJECT_KEY = {"order": "order_no", "withdrawal": "withdrawal_id"}
+
+
+def _publish_assessed(session: Session, kind: str, subject: str, decision: str, score: int,
+                      reasons: list[dict]) -> None:
+    """``risk.order.assessed`` or ``risk.withdrawal.assessed``: the decision on an order or a withdrawal."""
+    outbox.add(session, f"risk.{kind}.assessed", {_SUBJECT_KEY[kind]: subject, "decision": decision, "score": score,
+                                                  "reasons": reason_texts(reasons)}, subject)
 
 
 def _order(session: Session, order_no: str) -> Order:
@@ -533,19 +556,6 @@ def _order(session: Session, order_no: str) -> Order:
     if order is None:
         raise NotReady(f"order {order_no} not seen yet")
     return order
-
-
-_ORDER_STATE = select(_orders.c.paid_at, _orders.c.delivered_at, _orders.c.created_at, _orders.c.buyer_user_id) \
-    .where(_orders.c.order_no == bindparam("order_no"))
-_SET_PAID = _orders.update().where(_orders.c.order_no == bindparam("b_order_no")).values(
-    paid_at=bindparam("b_paid_at", type_=_at), payer_account=bindparam("b_payer_account"))
-_HAS_EARNING = select(Earning.__table__.c.id).where(Earning.__table__.c.order_no == bindparam("order_no")).limit(1)
-# An order delivered: ``delivered_at`` (given, else when it was paid, else created) unless known,
-# and ``paid_at`` unless known. SET expressions read the row as it was.
-_SET_DELIVERED = _orders.update().where(_orders.c.order_no == bindparam("b_order_no")).values(
-    delivered_at=func.coalesce(_orders.c.delivered_at, bindparam("b_delivered_at", type_=_at), _orders.c.paid_at,
-                               _orders.c.created_at),
-    paid_at=func.coalesce(_orders.c.paid_at, bindparam("b_paid_at", type_=_at)))
 
 
 def _order_state(session: Session, order_no: str):
@@ -566,8 +576,7 @@ def on_order_paid(session: Session, p: dict) -> None:
     payer_account = p.get("payer_account") or None
     run(session, _SET_PAID, {"b_order_no": order_no, "b_paid_at": paid_at, "b_payer_account": payer_account})
     if payer_account and state.buyer_user_id:
-        added = _add_fingerprints(session, state.buyer_user_id, [("payer", payer_account)], paid_at)
-        _rescreen_earner(session, state.buyer_user_id, added, paid_at)
+        _seen_on(session, state.buyer_user_id, [("payer", payer_account)], paid_at)
     if payer_account and run(session, _HAS_EARNING, {"order_no": order_no}).first() is not None:
         screen_commission(session, _order(session, order_no))  # the commission came first: look again
 
@@ -603,9 +612,7 @@ def on_commission_accrued(session: Session, p: dict, at: datetime) -> None:
     if order.buyer_user_id:
         users.add(order.buyer_user_id)
     for user_id in users:
-        user = session.get(User, user_id)
-        if user is None or user.registered_at is None:
-            raise NotReady(f"user {user_id} not seen yet")
+        _registered(session, user_id)
     if order.buyer_ref is None:
         order.buyer_ref = _resolve_buyer(session, order)
     known = set(session.scalars(select(Earning.level).where(Earning.order_no == order.order_no)))
@@ -617,10 +624,6 @@ def on_commission_accrued(session: Session, p: dict, at: datetime) -> None:
                             created_at=order.delivered_at or at))
     session.flush()
     screen_commission(session, order)
-
-
-def _fingerprints(session: Session, user_id: str) -> set[tuple[str, str]]:
-    return set(session.execute(select(Fingerprint.kind, Fingerprint.value).where(Fingerprint.user_id == user_id)).all())
 
 
 def _buyer_fingerprints(session: Session, order: Order) -> set[tuple[str, str]]:
@@ -698,10 +701,12 @@ def _flag(session: Session, earning: Earning, hits: list[Hit], at: datetime) -> 
         "reason": "; ".join(r["reason"] for r in row.reasons)[:300]}, earning.order_no)
 
 
-def _rescreen_earner(session: Session, user_id: str, added: list[tuple[str, str]], at: datetime) -> None:
-    """A user just showed a device, payment account or email not seen on them before: the
-    lines they earned on orders placed with it are looked at again (an alt account bought
-    before its maker ever used that card or phone for themselves)."""
+def _seen_on(session: Session, user_id: str, pairs: list[tuple[str, str | None]], at: datetime) -> None:
+    """A logged-in buyer's order showed these identifiers. Those new on the user that say who
+    someone is (a device, payment account or email) get the lines the user earned on orders
+    placed with them looked at again (an alt account bought before its maker ever used that
+    card or phone for themselves)."""
+    added = _add_fingerprints(session, user_id, pairs, at)
     columns = {"device": Order.device_id, "payer": Order.payer_account, "email": Order.email_hash}
     strong = [(kind, value) for kind, value in added if kind in columns]
     if not strong:
@@ -754,11 +759,7 @@ def on_withdrawal_requested(session: Session, p: dict) -> Decision | None:
     if session.get(Withdrawal, p["withdrawal_id"]) is not None:
         return None
     at = parse_time(p.get("requested_at"))
-    user = None
-    if p.get("user_id"):
-        user = session.get(User, p["user_id"])
-        if user is None or user.registered_at is None:
-            raise NotReady(f"user {p['user_id']} not seen yet")
+    user = _registered(session, p["user_id"]) if p.get("user_id") else None
     owner = p.get("owner") or f"user:{p.get('user_id')}"
     w = Withdrawal(id=p["withdrawal_id"], owner=owner, user_id=p.get("user_id"), amount_cents=p["amount_cents"],
                    fee_cents=p.get("fee_cents") or 0, destination_hash=p.get("destination_hash"), requested_at=at)
@@ -767,13 +768,8 @@ def on_withdrawal_requested(session: Session, p: dict) -> Decision | None:
     session.add(w)
     decision, score = book.decide(hits)
     row = _record(session, "withdrawal", w.id, decision, score, hits, at, withdrawal_id=w.id, user_id=w.user_id)
-    _publish_withdrawal(session, w.id, decision, score, row.reasons)
+    _publish_assessed(session, "withdrawal", w.id, decision, score, row.reasons)
     return row
-
-
-def _publish_withdrawal(session: Session, withdrawal_id: str, decision: str, score: int, reasons: list[dict]) -> None:
-    outbox.add(session, "risk.withdrawal.assessed", {"withdrawal_id": withdrawal_id, "decision": decision,
-                                                     "score": score, "reasons": reason_texts(reasons)}, withdrawal_id)
 
 
 def assess_withdrawal(session: Session, book: RuleBook, w: Withdrawal, user: User | None) -> list[Hit]:
@@ -822,14 +818,12 @@ def operator_decide(session: Session, row: Decision, verdict: str, note: str | N
     row.decision, row.decided_by, row.note, row.decided_at = verdict, "operator", note, now
     reasons = row.reasons + [{"rule": "operator", "score": 0, "reason": f"{verdict}d by the operator"
                               + (f": {note}" if note else "")}]
-    if row.kind == "order":
-        _publish_order(session, row.order_no, verdict, row.score, reasons)
-    elif row.kind == "withdrawal":
-        _publish_withdrawal(session, row.withdrawal_id, verdict, row.score, reasons)
+    if row.kind in ("order", "withdrawal"):
+        _publish_assessed(session, row.kind, row.subject, verdict, row.score, reasons)
     else:
-        earning = session.scalar(select(Earning).where(Earning.order_no == row.order_no,
-                                                       Earning.user_id == row.user_id))
         if verdict == "approve":
+            earning = session.scalar(select(Earning).where(Earning.order_no == row.order_no,
+                                                           Earning.user_id == row.user_id))
             if earning is not None:
                 earning.flagged = False
             outbox.add(session, "risk.commission.cleared", {"order_no": row.order_no, "user_id": row.user_id},
