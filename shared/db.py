@@ -40,6 +40,21 @@ class Database:
         self._autocommit_conns: set = set()  # every thread's, for dispose()
         self._read = sessionmaker(bind=engine, expire_on_commit=False)
         self._write = sessionmaker(bind=write_engine, expire_on_commit=False)
+        self._engine_sessions = (self._read, self._write)
+        self._bound: Connection | None = None  # bind_for_tests
+
+    def bind_for_tests(self, connection: Connection | None) -> None:
+        """Tests only (tests/kit): ``write()``, ``read()`` and ``autocommit()`` all run on
+        ``connection``, inside the transaction the test has begun on it, each in a SAVEPOINT
+        (a session's commit releases its savepoint, a rollback goes back to it), so that the
+        test's rollback undoes everything. One connection: no test with threads binds.
+        ``None`` goes back to the engine."""
+        self._bound = connection
+        if connection is None:
+            self._read, self._write = self._engine_sessions
+        else:
+            self._read = self._write = sessionmaker(bind=connection, expire_on_commit=False,
+                                                    join_transaction_mode="create_savepoint")
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -76,6 +91,10 @@ class Database:
         Each thread keeps its own such connection (checking one out of the pool and back in
         cost more CPU than the statement's own client work); a dropped one is invalidated by
         the statement that found it so and replaced at the next use."""
+        if self._bound is not None:
+            with self._autocommit_for_tests() as conn:
+                yield conn
+            return
         conn = getattr(self._local, "autocommit", None)
         if conn is None or conn.invalidated or conn.closed:
             if conn is not None:
@@ -90,6 +109,23 @@ class Database:
             if not conn.invalidated and conn.connection.dbapi_connection.info.transaction_status:
                 conn.invalidate()
             raise
+
+    @contextmanager
+    def _autocommit_for_tests(self) -> Iterator[Connection]:
+        """``autocommit()`` on a bound connection: what the block ran stays (as it would have
+        committed), unless a statement failed: then the block's savepoint is rolled back, so
+        that the test's transaction goes on, as the next autocommit statement would."""
+        conn = self._bound
+        savepoint = conn.begin_nested()
+        try:
+            yield conn
+        except BaseException:
+            failed = conn.connection.dbapi_connection.info.transaction_status == _IN_ERROR
+            if savepoint.is_active:
+                savepoint.rollback() if failed else savepoint.commit()
+            raise
+        else:
+            savepoint.commit()
 
     def create_all(self) -> None:
         self.metadata.create_all(self.engine)
@@ -107,6 +143,9 @@ class Database:
             conn.close()
         self._autocommit_conns.clear()
         self.engine.dispose()
+
+
+_IN_ERROR = 3  # psycopg.pq.TransactionStatus.INERROR: a statement failed in this transaction
 
 
 def _configure_sqlite(engine) -> None:

@@ -12,14 +12,14 @@
 A service's tests import from here, never from another service's tests or a service's worker.
 """
 from .backends import SQLiteBackend, sqlite_backend
-from .helpers import (assert_error, bearer, create_merchant, create_product, embedded_env, envelope,
+from .helpers import (assert_error, bearer, by_hand, create_merchant, create_product, embedded_env, envelope,
                       event_payloads, inject, job_names, outbox_events, payout_clock, service_ctx, service_db,
                       stock_as_of)
 from .shops import DAY, SANDBOX_SECRET, T0, PayoutShop, ReferralShop, RiskShop, Shop, at, shop_maker
 
 __all__ = [
     "SQLiteBackend", "sqlite_backend",
-    "assert_error", "bearer", "create_merchant", "create_product", "embedded_env", "envelope", "event_payloads",
+    "assert_error", "bearer", "by_hand", "create_merchant", "create_product", "embedded_env", "envelope", "event_payloads",
     "inject", "job_names", "outbox_events", "payout_clock", "service_ctx", "service_db", "stock_as_of",
     "DAY", "SANDBOX_SECRET", "T0", "PayoutShop", "ReferralShop", "RiskShop", "Shop", "at", "shop_maker",
 ]

@@ -43,6 +43,15 @@ def job_names(embedded, service: str) -> list[str]:
 
 
 @contextmanager
+def by_hand(db):
+    """A connection for SQL written by hand beside the service's code (someone with psql), in
+    a transaction that commits at the end; on PostgreSQL inside the test's transaction, as
+    everything the test's services do (a connection of its own would not see their data)."""
+    with db.write() as session:
+        yield session.connection()
+
+
+@contextmanager
 def payout_clock(when: datetime):
     """Payout's worker jobs see ``when`` as now (its hold, policy and payment jobs)."""
     from services.payout import worker

@@ -6,16 +6,79 @@ build on it. A service's tests add their ``shop`` fixture (a ``tests.kit`` shop)
 own conftest.py."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from .backends import SQLiteBackend
+from .backends import PostgresBackend, PostgresCluster, SQLiteBackend, postgres_unreachable
 from .helpers import create_merchant, create_product
+
+BACKENDS = ("sqlite", "postgresql")
+_SKIP_PREFIX = "tests.kit: "
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only(reason): runs on the SQLite backend only (it reads SQLite's "
+                                       "files, or tests what only embedded mode does)")
+    config.addinivalue_line("markers", "commits: on PostgreSQL, commits for real (threads, each on its own "
+                                       "connection) instead of running in one rolled-back transaction; every "
+                                       "service table is truncated afterwards")
+    config.addinivalue_line("markers", "xfail_postgresql(reason): fails on PostgreSQL for a known reason in the "
+                                       "code (strict: a pass is reported)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        mark = item.get_closest_marker("xfail_postgresql")
+        callspec = getattr(item, "callspec", None)
+        if mark and callspec and callspec.params.get("backend") == "postgresql":
+            item.add_marker(pytest.mark.xfail(strict=True, reason=mark.args[0]))
+
+
+def pytest_generate_tests(metafunc):
+    """A service's test (services/<svc>/tests) that builds on ``backend`` runs once per
+    backend, ``[sqlite]`` and ``[postgresql]``; anywhere else on SQLite."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    services = Path(metafunc.config.rootpath) / "services"
+    if not Path(metafunc.definition.path).is_relative_to(services):
+        return
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    metafunc.parametrize("backend", ["sqlite"] if only else list(BACKENDS), indirect=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every test skipped for want of PostgreSQL reports the same place, so `-ra` prints one line."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and _SKIP_PREFIX in str(report.longrepr[2]):
+        report.longrepr = (__file__, 0, report.longrepr[2])
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """This session's PostgreSQL databases (tests.kit.backends.PostgresCluster). Unreachable:
+    the PostgreSQL half of the suite is skipped, except under CI=true, where it fails."""
+    reason = postgres_unreachable()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{_SKIP_PREFIX}{reason} (CI=true: PostgreSQL must be up)", pytrace=False)
+        pytest.skip(f"{_SKIP_PREFIX}{reason}")
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.drop()
 
 
 @pytest.fixture
 def backend(request):
-    """The backend of this test's embedded systems."""
-    b = SQLiteBackend()
+    """The backend of this test's embedded systems (tests.kit.backends)."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        b = PostgresBackend(request.getfixturevalue("postgres_cluster"),
+                            commits=request.node.get_closest_marker("commits") is not None)
+    else:
+        b = SQLiteBackend()
     yield b
     b.close()
 

@@ -58,6 +58,7 @@ def test_create_merchant_bad_json(catalog, admin_headers):
     assert_error(catalog.post(URL, data="{", content_type="application/json", headers=admin_headers), 400, "bad_json")
 
 
+@pytest.mark.sqlite_only("reads the SQLite files")
 def test_the_api_key_is_shown_once_and_stored_hashed(embedded, catalog, admin_headers, merchant):
     key = merchant["api_key"]
     got = catalog.get(f"{URL}/{merchant['id']}", headers=admin_headers).get_json()

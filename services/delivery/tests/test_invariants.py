@@ -24,8 +24,8 @@ steps = st.lists(st.one_of(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=steps)
-def test_keys_are_sold_once_and_no_paid_order_is_lost(tmp_path_factory, steps):
-    shop = Shop(tmp_path_factory.mktemp("inv"))
+def test_keys_are_sold_once_and_no_paid_order_is_lost(backend, tmp_path_factory, steps):
+    shop = Shop(tmp_path_factory.mktemp("inv"), backend)
     merchant, _ = shop.merchant()
     pid = shop.product(merchant, max_per_order=3)
     shop.import_keys(merchant, pid, [f"K{i}" for i in range(4)])

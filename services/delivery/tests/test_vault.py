@@ -31,6 +31,7 @@ def test_short_vault_key_refused():
         Vault("short")
 
 
+@pytest.mark.sqlite_only("reads the SQLite file")
 def test_import_encrypts_at_rest_and_dedupes(shop, tmp_path):
     merchant, _ = shop.merchant()
     pid = shop.product(merchant)

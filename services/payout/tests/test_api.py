@@ -6,7 +6,7 @@ from sqlalchemy import select, text
 from services.payout.models import outbox
 from shared.auth import issue_user_token
 from shared.events import utcnow
-from tests.kit import assert_error
+from tests.kit import assert_error, by_hand
 
 
 def _earner(shop, levels=(3000,), orders=1):
@@ -71,7 +71,7 @@ def test_verify_finds_tampering(shop):
         shop.buy(pid)
     shop.drain()
     assert shop.verify()["ok"] and shop.verify()["entries"] == 3
-    with shop.db.engine.begin() as conn:  # someone edits a posting (and its balance, to hide it)
+    with by_hand(shop.db) as conn:  # someone edits a posting (and its balance, to hide it)
         conn.execute(text("UPDATE postings SET amount_cents = amount_cents + 100 WHERE id = "
                           "(SELECT id FROM postings WHERE account LIKE 'merchant:%' AND entry_id = "
                           "(SELECT id FROM entries WHERE seq = 2))"))
@@ -81,7 +81,7 @@ def test_verify_finds_tampering(shop):
     assert (report["ok"], report["first_broken"], report["imbalance_cents"]) == (False, 2, 0)
     assert {m["account"] for m in report["balance_mismatches"]} == {f"merchant:{mid}:pending", "platform:fees"}
 
-    with shop.db.engine.begin() as conn:  # now the hash is rewritten too: the next link breaks
+    with by_hand(shop.db) as conn:  # now the hash is rewritten too: the next link breaks
         conn.execute(text("UPDATE entries SET hash = 'f' || substr(hash, 2) WHERE seq = 2"))
     assert shop.verify()["first_broken"] == 2
 
@@ -91,8 +91,9 @@ def test_verify_finds_a_lost_entry_and_an_imbalance(shop):
     for _ in range(2):
         shop.buy(pid)
     shop.drain()
-    with shop.db.engine.begin() as conn:
-        conn.execute(text("PRAGMA foreign_keys=OFF"))
+    with by_hand(shop.db) as conn:
+        if shop.db.is_sqlite:
+            conn.execute(text("PRAGMA foreign_keys=OFF"))
         conn.execute(text("DELETE FROM postings WHERE entry_id = (SELECT id FROM entries WHERE seq = 2) "
                           "AND account = 'platform:fees'"))
     report = shop.verify()

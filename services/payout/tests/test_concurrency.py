@@ -3,10 +3,13 @@ write transaction is BEGIN IMMEDIATE; the reservation is one conditional UPDATE 
 count decides). The PostgreSQL version is tests/integration/test_payout_real.py."""
 import threading
 
+import pytest
+
 from shared.auth import issue_user_token
 from shared.events import utcnow
 
 
+@pytest.mark.commits  # fifty threads, each on its own connection
 def test_fifty_threads_withdrawing_never_overdraw(shop):
     order = {"order_no": "ORD-C", "product_id": "prd", "merchant_id": "mer_c", "quantity": 1,
              "amount_cents": 20000, "cost_cents": 0, "currency": "CNY", "fee_bps": 0,

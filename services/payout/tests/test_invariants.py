@@ -30,8 +30,7 @@ from shared.errors import DomainError
 from services.payout import domain, ledger
 from services.payout.config import PayoutConfig
 from services.payout.events import build_handlers
-from services.payout.models import Account, Base, PayoutOrder, Posting, Withdrawal, inbox
-from shared.db import Database
+from services.payout.models import Account, PayoutOrder, Posting, Withdrawal, inbox
 from shared.events import make_envelope, utcnow
 from shared.inbox import Consumer, NotReady
 
@@ -57,10 +56,8 @@ def _cfg():
                         withdrawal_min_fee_cents=50, withdrawal_min_cents=100, auto_approve_cents=3000)
 
 
-def _db(path):
-    db = Database(f"sqlite:///{path}/payout.db", Base.metadata)
-    db.create_all()
-    return db
+def _db(backend, path):
+    return backend.open_database("payout", path)
 
 
 def _build(specs, t0):
@@ -202,13 +199,13 @@ def _release(db, at):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=orders_st, seed=st.integers(0, 2**32))
-def test_ledger_invariants(tmp_path_factory, specs, seed):
+def test_ledger_invariants(backend, tmp_path_factory, specs, seed):
     rng, cfg, t0 = random.Random(seed), _cfg(), utcnow()
     events, model = _build(specs, t0)
     end = t0 + timedelta(seconds=4 * HOLD)
 
     # -- world A: one random order, duplicates, releases, withdrawals ---------------------------
-    db = _db(tmp_path_factory.mktemp("a"))
+    db = _db(backend, tmp_path_factory.mktemp("a"))
     consumer = Consumer("payout", db, inbox, build_handlers(cfg))
     queue = events + [rng.choice(events) for _ in range(len(events) // 2)] + _republished(events, rng)
     rng.shuffle(queue)
@@ -271,7 +268,7 @@ def test_ledger_invariants(tmp_path_factory, specs, seed):
         event(label)
 
     # -- world B: shuffled again, every event at least once and some twice; no withdrawals -------
-    db2 = _db(tmp_path_factory.mktemp("b"))
+    db2 = _db(backend, tmp_path_factory.mktemp("b"))
     consumer2 = Consumer("payout", db2, inbox, build_handlers(cfg))
     queue = events + [rng.choice(events) for _ in range(len(events))] + _republished(events, rng)
     rng.shuffle(queue)

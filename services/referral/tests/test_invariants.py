@@ -7,10 +7,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import select
 
 from services.referral import binding
-from services.referral.app import open_database
 from services.referral.events import handlers
 from services.referral.models import Attribution, CommissionLine, inbox
-from shared.config import load_settings
 from shared.events import make_envelope, utcnow
 from shared.inbox import Consumer, NotReady
 
@@ -27,10 +25,8 @@ orders = st.lists(st.fixed_dictionaries({
 }), min_size=1, max_size=6)
 
 
-def _world(tmp_path, parents):
-    env = {"LINKSHOP_VAR_DIR": str(tmp_path)}
-    db = open_database(load_settings("referral", env))
-    db.create_all()
+def _world(backend, tmp_path, parents):
+    db = backend.open_database("referral", tmp_path)
     users = []
     with db.write() as s:
         for i, parent in enumerate(parents):
@@ -95,8 +91,8 @@ def _state(db):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(parents=st.lists(st.one_of(st.none(), st.integers(0, 7)), min_size=8, max_size=8), order_specs=orders,
        seed=st.integers(0, 2**32))
-def test_commission_invariants(tmp_path_factory, parents, order_specs, seed):
-    db, user_ids, codes = _world(tmp_path_factory.mktemp("a"), parents)
+def test_commission_invariants(backend, tmp_path_factory, parents, order_specs, seed):
+    db, user_ids, codes = _world(backend, tmp_path_factory.mktemp("a"), parents)
     events = _events(order_specs, user_ids, codes)
     _apply_all(db, events)
     in_order = _state(db)
@@ -116,7 +112,7 @@ def test_commission_invariants(tmp_path_factory, parents, order_specs, seed):
     rng = random.Random(seed)
     shuffled = events + [rng.choice(events) for _ in range(len(events))]
     rng.shuffle(shuffled)
-    db2, user_ids2, codes2 = _world(tmp_path_factory.mktemp("b"), parents)
+    db2, user_ids2, codes2 = _world(backend, tmp_path_factory.mktemp("b"), parents)
     remap = dict(zip(user_ids + codes, user_ids2 + codes2))
 
     def translate(value):
