@@ -238,8 +238,8 @@ def _blocklist_hits(session: Session, book: RuleBook, order: Order, email: str |
     if not wanted:
         return []
     shape = tuple((kind, len(values)) for kind, values in sorted(wanted.items()))
-    entries = run(session, _blocklist_statement(shape), {f"{kind}_{i}": value for kind, values in wanted.items()
-                                   for i, value in enumerate(values)}).all()
+    params = {f"{kind}_{i}": value for kind, values in wanted.items() for i, value in enumerate(values)}
+    entries = run(session, _blocklist_statement(shape), params).all()
     return [rule.hit(f"{BLOCK_LABELS[e.kind]} is blocklisted ({e.value})" + (f": {e.reason}" if e.reason else ""))
             for e in entries]
 
