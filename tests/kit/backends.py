@@ -15,7 +15,9 @@ A backend's data is named by the directory it is given (``LINKSHOP_VAR_DIR``): o
 files there, on PostgreSQL the state of the one transaction per service. Two systems built
 on the same directory share their data (a restart); a system on a new directory starts
 empty, and on PostgreSQL it ends the previous directory's state (one at a time: a database
-bound to an ended state says "This Connection is closed").
+bound to an ended state says "This Connection is closed"). A test that needs two at once
+opens the second in another slot (``open_database(service, var_dir, slot=1)``: databases of
+their own, made at their first use).
 """
 from __future__ import annotations
 
@@ -52,8 +54,9 @@ class SQLiteBackend:
         self._opened += [app.extensions["linkshop"].db for app in system.apps.values()]
         return system
 
-    def open_database(self, service: str, var_dir):
-        """One service's ``Database`` with its tables, alone (domain-level tests)."""
+    def open_database(self, service: str, var_dir, slot: int = 0):
+        """One service's ``Database`` with its tables, alone (domain-level tests). ``slot``
+        matters on PostgreSQL only (here each directory has files of its own)."""
         db = _open(service, embedded_env(var_dir))
         db.create_all()
         self._opened.append(db)
@@ -75,57 +78,57 @@ class PostgresBackend:
 
     def __init__(self, cluster: "PostgresCluster", commits: bool = False):
         self.cluster, self.commits = cluster, commits
-        self._state = None  # the directory whose data the open transactions hold
-        self._transactions: list = []
-        self._bound: list = []
+        self._states: dict[int, _State] = {}  # per slot: the directory whose data it holds
         self._opened: list = []
 
-    def env(self, var_dir, **extra: str) -> dict[str, str]:
-        return embedded_env(var_dir, **{**self.cluster.env(), **extra})
+    def env(self, var_dir, slot: int = 0, **extra: str) -> dict[str, str]:
+        return embedded_env(var_dir, **{**self.cluster.env(slot), **extra})
 
-    def build(self, env: dict):
+    def build(self, env: dict, slot: int = 0):
         from services.embedded import build_embedded
-        env = {**self.cluster.env(), **env}
-        state = str(env["LINKSHOP_VAR_DIR"])
-        return build_embedded(env, migrate=False, bind_database=lambda svc, db: self._bind(state, svc, db))
+        env = {**self.cluster.env(slot), **env}
+        key = str(env["LINKSHOP_VAR_DIR"])
+        return build_embedded(env, migrate=False, bind_database=lambda svc, db: self._bind(key, svc, db, slot))
 
-    def open_database(self, service: str, var_dir):
-        db = _open(service, self.env(var_dir))
-        self._bind(str(var_dir), service, db)
+    def open_database(self, service: str, var_dir, slot: int = 0):
+        """``slot``: a database of its own beside slot 0's, for a test that needs two at once."""
+        db = _open(service, self.env(var_dir, slot))
+        self._bind(str(var_dir), service, db, slot)
         return db
 
-    def _bind(self, state: str, service: str, db) -> None:
+    def _bind(self, key: str, service: str, db, slot: int) -> None:
         self._opened.append(db)
+        conn = self.cluster.connection(service, slot)  # made and migrated at its first use
         if self.commits:
             return
-        if state != self._state:
-            self._begin(state)
-        db.bind_for_tests(self.cluster.connections[service])
-        self._bound.append(db)
+        state = self._states.get(slot)
+        if state is None or state.key != key:
+            self._end(slot)
+            state = self._states[slot] = _State(key)
+        if service not in state.transactions:
+            state.transactions[service] = conn.begin()
+            self.cluster.restart_sequences(conn)  # ids as a fresh database gives them (setval is not rolled back)
+        db.bind_for_tests(conn)
+        state.bound.append(db)
 
-    def _begin(self, state: str) -> None:
-        self._end()
-        self._transactions = [conn.begin() for conn in self.cluster.connections.values()]
-        self.cluster.restart_sequences()  # ids as a fresh database gives them (setval is not rolled back)
-        self._state = state
-
-    def _end(self) -> None:
-        for db in self._bound:
+    def _end(self, slot: int) -> None:
+        state = self._states.pop(slot, None)
+        if state is None:
+            return
+        for db in state.bound:
             db.bind_for_tests(self.cluster.closed)  # a later use fails loudly, never commits for real
-        self._bound.clear()
         try:
-            for tx in self._transactions:
+            for tx in state.transactions.values():
                 if tx.is_active:
                     tx.rollback()
         except Exception:
             self.cluster.reconnect()
             raise
-        finally:
-            self._transactions, self._state = [], None
 
     def close(self) -> None:
         try:
-            self._end()
+            for slot in list(self._states):
+                self._end(slot)
         finally:
             for db in self._opened:
                 db.dispose()
@@ -134,64 +137,78 @@ class PostgresBackend:
                 self.cluster.truncate()
 
 
+class _State:
+    def __init__(self, key: str):
+        self.key, self.transactions, self.bound = key, {}, []
+
+
 class PostgresCluster:
-    """One throwaway database per service for a test session, migrated to head."""
+    """Throwaway databases for a test session, migrated to head: one per service in slot 0
+    (made at once), and in further slots each made at its first use."""
 
     def __init__(self, base_url: str = PG_URL):
-        from services.manage import upgrade
-
         self.base_url = base_url
         self.prefix = f"{DB_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
-        self.urls = {svc: f"{base_url}/{self.prefix}_{svc}" for svc in SERVICES}
         self._admin = create_engine(f"{base_url}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool)
         self._drop_stale()
-        self._engines, self.connections, self.tables = {}, {}, {}
+        self._engines, self._connections, self._tables = {}, {}, {}  # by (service, slot)
         try:
-            with self._admin.connect() as conn:
-                for url in self.urls.values():
-                    conn.execute(text(f'CREATE DATABASE "{make_url(url).database}"'))
-            for svc, url in self.urls.items():
-                upgrade(svc, url)
-                self._engines[svc] = create_engine(url, poolclass=NullPool)
-            self.reconnect()
-            for svc, conn in self.connections.items():
-                self.tables[svc] = conn.execute(text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tablename NOT LIKE 'alembic_version%' ORDER BY tablename")).scalars().all()
-                conn.rollback()
+            for svc in SERVICES:
+                self.connection(svc, 0)
+            self.closed = self._engines["catalog", 0].connect()
+            self.closed.close()
         except BaseException:
             self.drop()
             raise
-        self.closed = self._engines["catalog"].connect()
-        self.closed.close()
 
-    def env(self) -> dict[str, str]:
-        return {f"{svc.upper()}_DATABASE_URL": url for svc, url in self.urls.items()}
+    def url(self, service: str, slot: int = 0) -> str:
+        return f"{self.base_url}/{self.prefix}_{service}" + (f"_{slot}" if slot else "")
+
+    def env(self, slot: int = 0) -> dict[str, str]:
+        return {f"{svc.upper()}_DATABASE_URL": self.url(svc, slot) for svc in SERVICES}
+
+    def connection(self, service: str, slot: int = 0):
+        """The session's connection to a service's database in ``slot``."""
+        key = (service, slot)
+        conn = self._connections.get(key)
+        if conn is None:
+            from services.manage import upgrade
+            url = self.url(service, slot)
+            with self._admin.connect() as admin:
+                admin.execute(text(f'CREATE DATABASE "{make_url(url).database}"'))
+            self._engines[key] = create_engine(url, poolclass=NullPool)
+            upgrade(service, url)
+            conn = self._connections[key] = self._engines[key].connect()
+            self._tables[key] = conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename NOT LIKE 'alembic_version%' ORDER BY tablename")).scalars().all()
+            conn.rollback()
+        return conn
 
     def reconnect(self) -> None:
-        for svc, engine in self._engines.items():
-            old = self.connections.get(svc)
+        for key, engine in self._engines.items():
+            old = self._connections.get(key)
             if old is not None:
                 try:
                     old.invalidate()
                     old.close()
                 except Exception:
                     pass
-            self.connections[svc] = engine.connect()
+            self._connections[key] = engine.connect()
 
-    def restart_sequences(self) -> None:
-        for conn in self.connections.values():
-            conn.execute(text("SELECT setval(c.oid, 1, false) FROM pg_class c "
-                              "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                              "WHERE c.relkind = 'S' AND n.nspname = 'public'"))
+    @staticmethod
+    def restart_sequences(conn) -> None:
+        conn.execute(text("SELECT setval(c.oid, 1, false) FROM pg_class c "
+                          "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                          "WHERE c.relkind = 'S' AND n.nspname = 'public'"))
 
     def truncate(self) -> None:
         """Empties every service table (after a test that committed for real)."""
-        for svc, conn in self.connections.items():
-            if self.tables[svc]:
+        for key, conn in self._connections.items():
+            if self._tables[key]:
                 try:
                     conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-                    conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in self.tables[svc])
+                    conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in self._tables[key])
                                       + " RESTART IDENTITY CASCADE"))
                     conn.commit()
                 except BaseException:
@@ -199,13 +216,14 @@ class PostgresCluster:
                     raise
 
     def drop(self) -> None:
-        for conn in self.connections.values():
+        for conn in self._connections.values():
             conn.close()
         for engine in self._engines.values():
             engine.dispose()
         with self._admin.connect() as conn:
-            for url in self.urls.values():
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+            for service, slot in self._engines:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(self.url(service, slot)).database}" '
+                                  'WITH (FORCE)'))
         self._admin.dispose()
 
     def _drop_stale(self) -> None:

@@ -1,5 +1,5 @@
-"""Order events in one inbox batch give what they give one by one (on SQLite; on PostgreSQL in
-tests/integration/test_risk_real.py)."""
+"""Order events in one inbox batch give what they give one by one (on SQLite and on PostgreSQL,
+where risk's statements run as DriverStatements)."""
 from datetime import timedelta
 
 import pytest
@@ -12,11 +12,11 @@ from . import batches
 
 
 @pytest.fixture
-def make_db(tmp_path):
+def make_db(backend, tmp_path):
     made = []
 
-    def make():
-        made.append(batches.fresh(f"sqlite:///{tmp_path / f'risk{len(made)}.db'}"))
+    def make():  # each a database of its own, both at once (on PostgreSQL a slot each)
+        made.append(backend.open_database("risk", tmp_path / f"risk{len(made)}", slot=len(made)))
         return made[-1]
     yield make
     for db in made:
