@@ -62,6 +62,10 @@ class SQLiteBackend:
         self._opened.append(db)
         return db
 
+    def empty_database(self, var_dir, name: str) -> str:
+        """The URL of a database with no tables yet (a migration test's), gone after the test."""
+        return f"sqlite:///{var_dir / name}.db"
+
     def close(self) -> None:
         for db in self._opened:
             db.dispose()
@@ -80,6 +84,7 @@ class PostgresBackend:
         self.cluster, self.commits = cluster, commits
         self._states: dict[int, _State] = {}  # per slot: the directory whose data it holds
         self._opened: list = []
+        self._empty: list[str] = []
 
     def env(self, var_dir, slot: int = 0, **extra: str) -> dict[str, str]:
         return embedded_env(var_dir, **{**self.cluster.env(slot), **extra})
@@ -95,6 +100,12 @@ class PostgresBackend:
         db = _open(service, self.env(var_dir, slot))
         self._bind(str(var_dir), service, db, slot)
         return db
+
+    def empty_database(self, var_dir, name: str) -> str:
+        """The URL of a database with no tables yet (a migration test's), dropped after the test."""
+        url = self.cluster.create_database(f"x{len(self._empty)}_{name}")
+        self._empty.append(url)
+        return url
 
     def _bind(self, key: str, service: str, db, slot: int) -> None:
         self._opened.append(db)
@@ -133,6 +144,9 @@ class PostgresBackend:
             for db in self._opened:
                 db.dispose()
             self._opened.clear()
+            for url in self._empty:
+                self.cluster.drop_database(url)
+            self._empty.clear()
             if self.commits:
                 self.cluster.truncate()
 
@@ -167,15 +181,23 @@ class PostgresCluster:
     def env(self, slot: int = 0) -> dict[str, str]:
         return {f"{svc.upper()}_DATABASE_URL": self.url(svc, slot) for svc in SERVICES}
 
+    def create_database(self, name: str) -> str:
+        url = f"{self.base_url}/{self.prefix}_{name}"
+        with self._admin.connect() as admin:
+            admin.execute(text(f'CREATE DATABASE "{make_url(url).database}"'))
+        return url
+
+    def drop_database(self, url: str) -> None:
+        with self._admin.connect() as admin:
+            admin.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+
     def connection(self, service: str, slot: int = 0):
         """The session's connection to a service's database in ``slot``."""
         key = (service, slot)
         conn = self._connections.get(key)
         if conn is None:
             from services.manage import upgrade
-            url = self.url(service, slot)
-            with self._admin.connect() as admin:
-                admin.execute(text(f'CREATE DATABASE "{make_url(url).database}"'))
+            url = self.create_database(f"{service}_{slot}" if slot else service)
             self._engines[key] = create_engine(url, poolclass=NullPool)
             upgrade(service, url)
             conn = self._connections[key] = self._engines[key].connect()
@@ -220,10 +242,8 @@ class PostgresCluster:
             conn.close()
         for engine in self._engines.values():
             engine.dispose()
-        with self._admin.connect() as conn:
-            for service, slot in self._engines:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(self.url(service, slot)).database}" '
-                                  'WITH (FORCE)'))
+        for service, slot in self._engines:
+            self.drop_database(self.url(service, slot))
         self._admin.dispose()
 
     def _drop_stale(self) -> None:

@@ -77,8 +77,8 @@ def test_other_bad_patches(catalog, merchant):
     assert catalog.get(f"{URL}/me", headers=key).json["fee_bps"] == 200
 
 
-def test_an_existing_deployment_upgrades_to_permanent_merchants(tmp_path):
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+def test_an_existing_deployment_upgrades_to_permanent_merchants(backend, tmp_path):
+    url = backend.empty_database(tmp_path, "catalog")
     upgrade("catalog", url, "0001")
     engine = create_engine(url)
     with engine.begin() as conn:

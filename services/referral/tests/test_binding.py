@@ -176,8 +176,8 @@ def test_the_events_carry_the_shop_and_an_older_rule_never_wins(shop):
     assert event_payloads(shop.system, "referral", "referral.user.bound")[-1]["merchant_id"] is None
 
 
-def test_an_existing_deployment_upgrades_with_its_bindings_intact(tmp_path):
-    url = f"sqlite:///{tmp_path / 'referral.db'}"
+def test_an_existing_deployment_upgrades_with_its_bindings_intact(backend, tmp_path):
+    url = backend.empty_database(tmp_path, "referral")
     upgrade("referral", url, "0001")
     engine = create_engine(url)
     with engine.begin() as conn:
