@@ -54,7 +54,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.skipped and isinstance(report.longrepr, tuple) and _SKIP_PREFIX in str(report.longrepr[2]):
-        report.longrepr = (__file__, 0, report.longrepr[2])
+        report.longrepr = (__file__, _SKIP_LINE, report.longrepr[2])
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +69,10 @@ def postgres_cluster():
     cluster = PostgresCluster()
     yield cluster
     cluster.drop()
+
+
+_SKIP_LINE = next(n for n, line in enumerate(Path(__file__).read_text().splitlines(), 1)
+                  if line.startswith("def postgres_cluster"))
 
 
 @pytest.fixture
