@@ -17,6 +17,7 @@ from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engi
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 
 class Database:
@@ -34,8 +35,14 @@ class Database:
             engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
             write_engine = engine
         self.engine = engine
-        # The same pool; on checkout the connection is put in autocommit (a client-side switch in psycopg).
-        self._autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        if self.is_sqlite:
+            self._autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            # Not from the pool: each thread keeps its autocommit connection for good, and a
+            # payment that must then decide under a lock takes a pooled one beside it. Taken
+            # from one pool, 20 threads held all 20 connections and the 21st request waited
+            # for the pool's timeout (a test with 20 callbacks at once found it).
+            self._autocommit_engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         self._local = threading.local()
         self._autocommit_conns: set = set()  # every thread's, for dispose()
         self._read = sessionmaker(bind=engine, expire_on_commit=False)
@@ -142,6 +149,8 @@ class Database:
         for conn in list(self._autocommit_conns):  # at shutdown: no thread uses them any more
             conn.close()
         self._autocommit_conns.clear()
+        if not self.is_sqlite:
+            self._autocommit_engine.dispose()
         self.engine.dispose()
 
 

@@ -390,36 +390,3 @@ def test_payout_pays_only_the_withdrawals_risk_approved(stack, run, shop, risk, 
     assert payout.balances(u) == (6800, 0, 0)
     report = payout.verify()
     assert report["ok"] and report["imbalance_cents"] == 0, report
-
-
-@pytest.fixture
-def risk_scratch(run):
-    """Two databases of risk's tables of this test's own on the run's PostgreSQL (no worker
-    reads them): one for a stream event by event, one for the same stream in one batch."""
-    from scripts import stack as stackmod
-    from services.risk.tests import batches
-
-    from .conftest import DB_PREFIX, PG_URL
-
-    urls = [f"{PG_URL}/{DB_PREFIX}{run.run_id}_riskbatch{i}" for i in range(2)]
-    dbs = []
-    try:
-        for url in urls:
-            stackmod.ensure_database(url)
-            dbs.append(batches.fresh(url))
-        yield dbs
-    finally:
-        for db in dbs:
-            db.dispose()
-        for url in urls:
-            stackmod.drop_database(url)
-
-
-def test_order_events_in_one_batch_give_their_state_one_by_one_on_postgresql(risk_scratch):
-    """On PostgreSQL risk's order statements run as psycopg-level DriverStatements: a batch of
-    created, paid, delivered and commission events (and a second paid and delivered that must
-    change nothing) gives what the same events give one by one (services/risk/tests/batches.py)."""
-    from services.risk.tests import batches
-
-    one_by_one, batched = risk_scratch
-    batches.check(one_by_one, batched)

@@ -92,9 +92,6 @@ def test_signed_malformed_notice_is_400(shop):
 
 
 @pytest.mark.commits  # twenty threads, each on its own connection
-@pytest.mark.xfail_postgresql("on PostgreSQL each request thread keeps an autocommit connection from the pool "
-                              "(10 + 10 overflow) and a replay then needs a second one for its locked write: "
-                              "twenty threads at once exhaust the pool and 19 time out after 30 s")
 def test_twenty_identical_callbacks_at_once_deliver_once(shop):
     order = _pending_order(shop, keys=[f"K{i}" for i in range(5)])
     shop.drain()
