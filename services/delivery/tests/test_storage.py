@@ -2,14 +2,12 @@
 PostgreSQL: every operation whose SQL differs between the two, races included, and the
 payment and order rules on top of them.
 
-PostgreSQL: a throwaway database per test on 127.0.0.1:5432 (``LINKSHOP_PG_URL``); skipped
-with one line when it is unreachable, a failure under ``CI=true``.
+Each test runs on both backends through tests/kit's ``backend`` fixture; the races are
+marked ``commits``: their threads each take a connection of their own and commit for real.
 """
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -17,47 +15,22 @@ import pytest
 from sqlalchemy import func, select, text
 
 from services.delivery import domain, storage
-from services.delivery.models import Base, CardKey, KeyPool, Order, OrderKey, Payment, outbox
+from services.delivery.models import CardKey, KeyPool, Order, OrderKey, Payment, outbox
 from services.delivery.payments import Notice
-from shared.db import Database
 from shared.errors import Invalid, OutOfStock
 
 SETTINGS = SimpleNamespace(reservation_seconds=900, risk_required=False)
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
-PG_URL = os.environ.get("LINKSHOP_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432").rstrip("/")
 
 
-def _pg_admin():
-    import psycopg
-    return psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://") + "/postgres",
-                           autocommit=True, connect_timeout=3)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        url, name = f"sqlite:///{tmp_path}/delivery.db", None
-    else:
-        try:
-            admin = _pg_admin()
-        except Exception as exc:  # noqa: BLE001 - any failure to connect means "no server here"
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"PostgreSQL at {PG_URL} is required under CI: {exc}")
-            pytest.skip(f"storage contract on PostgreSQL: no server at {PG_URL}")
-        name = f"ls_storage_{uuid.uuid4().hex[:12]}"
-        with admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"{PG_URL}/{name}"
-    database = Database(url, Base.metadata)
-    database.create_all()
+@pytest.fixture
+def db(backend, tmp_path):
+    """Delivery's database alone, on each backend (tests/kit: a rolled-back transaction per
+    test on PostgreSQL, unless the test is marked ``commits``)."""
+    database = backend.open_database("delivery", tmp_path)
     storage.terms_cache.clear()
-    try:
-        yield database
-    finally:
-        database.dispose()
-        if name is not None:
-            with _pg_admin() as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield database
+    database.dispose()
 
 
 def _seed(db, product_id: str, keys: int, price_cents: int = 1000, reusable: bool = False) -> list[int]:
@@ -186,6 +159,7 @@ def test_reusable_keys_are_handed_out_in_turn_and_never_run_out(db):
     assert held == 9 and _count(db, CardKey, product_id="p3") == 2
 
 
+@pytest.mark.commits
 def test_concurrent_buyers_never_share_a_key_and_the_rest_are_refused(db):
     _seed(db, "hot", keys=12)
     results, lock = [], threading.Lock()
@@ -211,6 +185,7 @@ def test_concurrent_buyers_never_share_a_key_and_the_rest_are_refused(db):
 
 # -- the key pool --------------------------------------------------------------------------------
 
+@pytest.mark.commits
 def test_claims_racing_each_other_split_the_pool(db):
     _seed(db, "p1", keys=20)
     claimed, lock, barrier = [], threading.Lock(), threading.Barrier(4)
@@ -337,6 +312,7 @@ def test_a_short_payment_is_refused_and_leaves_no_trace(db):
         assert s.get(Order, order.order_no).status == "pending"
 
 
+@pytest.mark.commits
 def test_concurrent_notices_for_one_order_sell_it_once(db):
     _seed(db, "p1", keys=2)
     order, _ = _order(db, "p1")
