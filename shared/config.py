@@ -104,11 +104,26 @@ def database_url(service: str, env: os._Environ | dict | None = None) -> str:
     env = os.environ if env is None else env
     if service not in SERVICES:
         raise ConfigError(f"unknown service {service!r}")
-    url = env.get(f"{service.upper()}_DATABASE_URL") or env.get("DATABASE_URL")
+    url = env.get(f"{service.upper()}_DATABASE_URL")
     if url:
-        # One URL for every service: ``{service}`` names each one's schema or file.
-        return url.replace("{service}", service)
+        return url
+    url = env.get("DATABASE_URL")
+    if url:
+        # One URL for every service: ``{service}`` names each one's schema or file; a
+        # PostgreSQL URL without it gets a schema per service (their tables share names).
+        if "{service}" in url:
+            return url.replace("{service}", service)
+        return _schema_per_service(url, service) if url.startswith("postgresql") else url
     return f"sqlite:///{_var_dir(env) / (service + '.db')}"
+
+
+def _schema_per_service(url: str, service: str) -> str:
+    """``url`` with the service's schema first on its ``search_path`` (created by migrate)."""
+    from sqlalchemy.engine import make_url
+    parsed = make_url(url)
+    options = parsed.query.get("options")
+    options = " ".join(filter(None, [options if isinstance(options, str) else None, f"-csearch_path={service}"]))
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 def is_embedded(env) -> bool:

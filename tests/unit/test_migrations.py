@@ -157,10 +157,13 @@ def pg_database():
         conn.close()
 
 
-def test_every_service_in_one_postgresql_database(pg_database, monkeypatch):
+@pytest.mark.parametrize("query", ["?options=-csearch_path%3D{service}", ""], ids=["placeholder", "plain"])
+def test_every_service_in_one_postgresql_database(pg_database, monkeypatch, query):
+    """The README's single ``DATABASE_URL``: with ``{service}`` naming the schema, or plain,
+    where each service gets the schema of its name."""
     for svc in SERVICES:
         monkeypatch.delenv(f"{svc.upper()}_DATABASE_URL", raising=False)
-    monkeypatch.setenv("DATABASE_URL", pg_database + "?options=-csearch_path%3D{service}")
+    monkeypatch.setenv("DATABASE_URL", pg_database + query)
     manage_main(["migrate"])
     manage_main(["migrate"])  # idempotent
     engine = create_engine(pg_database)

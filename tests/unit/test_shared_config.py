@@ -179,3 +179,20 @@ def test_embedded_banner_says_whether_the_admin_token_is_a_dev_value(tmp_path):
     for system in (generated, given):
         for app in system.apps.values():
             app.extensions["linkshop"].db.dispose()
+
+
+def test_one_postgresql_database_url_gives_each_service_its_schema():
+    from sqlalchemy.engine import make_url
+
+    plain = {"DATABASE_URL": "postgresql+psycopg://shop:pw@db:5432/linkshop"}
+    assert make_url(database_url("risk", plain)).query == {"options": "-csearch_path=risk"}
+    assert make_url(database_url("risk", plain)).password == "pw"
+    with_options = {"DATABASE_URL": "postgresql+psycopg://db/linkshop?options=-cstatement_timeout%3D5000"}
+    assert make_url(database_url("payout", with_options)).query == {
+        "options": "-cstatement_timeout=5000 -csearch_path=payout"}
+    named = {"DATABASE_URL": "postgresql+psycopg://db/linkshop?options=-csearch_path%3Dshop_{service}"}
+    assert make_url(database_url("catalog", named)).query == {"options": "-csearch_path=shop_catalog"}
+    own = {**plain, "DELIVERY_DATABASE_URL": "postgresql+psycopg://db/delivery"}
+    assert database_url("delivery", own) == "postgresql+psycopg://db/delivery"
+    # SQLite has no schemas: one file stays one file (migrate refuses it, with the reason)
+    assert database_url("risk", {"DATABASE_URL": "sqlite:///one.db"}) == "sqlite:///one.db"
