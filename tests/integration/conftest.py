@@ -25,6 +25,8 @@ from shared import topology
 from shared.config import SERVICES
 
 from . import audit
+from tests.kit.backends import fold_skip, postgres_unreachable, require_server
+
 from .helpers import Broker, Shop
 
 HERE = Path(__file__).resolve().parent
@@ -70,21 +72,15 @@ _SKIP_PREFIX = "integration: "
 def pytest_runtest_makereport(item, call):
     """Every test skipped for missing servers reports the same place, so `-ra` prints one line."""
     outcome = yield
-    report = outcome.get_result()
-    if report.skipped and isinstance(report.longrepr, tuple) and _SKIP_PREFIX in str(report.longrepr[2]):
-        report.longrepr = (__file__, _SKIP_LINE, report.longrepr[2])
+    fold_skip(outcome.get_result(), _SKIP_PREFIX, __file__, _SKIP_LINE)
+
 
 def _unreachable() -> str | None:
     import pika
-    import psycopg
-    from sqlalchemy.engine import make_url
 
-    u = make_url(PG_URL + "/postgres")
-    try:
-        psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                        dbname="postgres", connect_timeout=3).close()
-    except Exception as exc:
-        return f"PostgreSQL is not reachable at {u.host}:{u.port or 5432} ({str(exc).strip().splitlines()[0]})"
+    unreachable = postgres_unreachable(PG_URL)
+    if unreachable:
+        return unreachable
     try:
         params = pika.URLParameters(AMQP_BASE + "/%2F?connection_attempts=1&socket_timeout=3&blocked_connection_timeout=5")
         pika.BlockingConnection(params).close()
@@ -96,11 +92,7 @@ def _unreachable() -> str | None:
 
 @pytest.fixture(scope="session")
 def infra():
-    reason = _unreachable()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{_SKIP_PREFIX}{reason} (CI=true: the servers must be up)", pytrace=False)
-        pytest.skip(f"{_SKIP_PREFIX}{reason}")
+    require_server(_SKIP_PREFIX, _unreachable(), "the servers")
 
 
 _SKIP_LINE = infra.__wrapped__.__code__.co_firstlineno if hasattr(infra, "__wrapped__") else 0

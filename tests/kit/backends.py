@@ -25,6 +25,7 @@ import importlib
 import os
 import secrets
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -286,3 +287,18 @@ def _alive(pid: int) -> bool:
 def _open(service: str, env: dict):
     app = importlib.import_module(f"services.{service}.app")
     return app.open_database(load_settings(service, env))
+
+
+def require_server(prefix: str, reason: str | None, what: str) -> None:
+    """A test needing a server ``reason`` says is missing: skipped with that one line, or,
+    under CI=true, failed (CI must have it)."""
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{prefix}{reason} (CI=true: {what} must be up)", pytrace=False)
+        pytest.skip(f"{prefix}{reason}")
+
+
+def fold_skip(report, prefix: str, path: str, line: int) -> None:
+    """Every test skipped with ``prefix`` reports the same place, so `-ra` prints one line."""
+    if report.skipped and isinstance(report.longrepr, tuple) and prefix in str(report.longrepr[2]):
+        report.longrepr = (path, line, report.longrepr[2])

@@ -6,12 +6,12 @@ build on it. A service's tests add their ``shop`` fixture (a ``tests.kit`` shop)
 own conftest.py."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from .backends import PostgresBackend, PostgresCluster, SQLiteBackend, postgres_unreachable
+from .backends import (PostgresBackend, PostgresCluster, SQLiteBackend, fold_skip, postgres_unreachable,
+                       require_server)
 from .helpers import create_merchant, create_product
 
 BACKENDS = ("sqlite", "postgresql")
@@ -52,20 +52,14 @@ def pytest_generate_tests(metafunc):
 def pytest_runtest_makereport(item, call):
     """Every test skipped for want of PostgreSQL reports the same place, so `-ra` prints one line."""
     outcome = yield
-    report = outcome.get_result()
-    if report.skipped and isinstance(report.longrepr, tuple) and _SKIP_PREFIX in str(report.longrepr[2]):
-        report.longrepr = (__file__, _SKIP_LINE, report.longrepr[2])
+    fold_skip(outcome.get_result(), _SKIP_PREFIX, __file__, _SKIP_LINE)
 
 
 @pytest.fixture(scope="session")
 def postgres_cluster():
     """This session's PostgreSQL databases (tests.kit.backends.PostgresCluster). Unreachable:
     the PostgreSQL half of the suite is skipped, except under CI=true, where it fails."""
-    reason = postgres_unreachable()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{_SKIP_PREFIX}{reason} (CI=true: PostgreSQL must be up)", pytrace=False)
-        pytest.skip(f"{_SKIP_PREFIX}{reason}")
+    require_server(_SKIP_PREFIX, postgres_unreachable(), "PostgreSQL")
     cluster = PostgresCluster()
     yield cluster
     cluster.drop()
