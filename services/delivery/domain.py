@@ -14,13 +14,13 @@ import secrets
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.auth import hash_secret
-from shared.db import DriverStatement, after_commit
+from shared.db import after_commit
 from shared.errors import Conflict, DomainError, Invalid, NotFound, OutOfStock, Unavailable
 from shared.events import utcnow
 from shared.projection import merchant_for_token as projected_merchant_for_token
@@ -204,7 +204,7 @@ def create_order(db, settings, data: dict, client: dict, provider: str,
         if placed == storage.OUT_OF_STOCK:
             raise OutOfStock("not enough keys in stock for this order")
         terms = store.terms(db, product_id, fresh=True)  # changed since this process cached it
-    raise Unavailable("the product changed while ordering; try again", code="busy")
+    raise Unavailable("the product changed while ordering; try again")
 
 
 def expire_reservations(session: Session, now: datetime, limit: int = 500) -> int:
@@ -399,16 +399,10 @@ def fill_awaiting_orders(session: Session, settings, product_id: str, now: datet
     return delivered
 
 
-_O = Order.__table__
-_DECISION_STATE = DriverStatement(select(_O.c.status, _O.c.risk_decision).where(_O.c.order_no == bindparam("order_no"))
-                                  .with_for_update())
-_SET_DECISION = DriverStatement(update(_O).where(_O.c.order_no == bindparam("key"))
-                                .values(risk_decision=bindparam("decision")))
-
-
 def apply_risk_decision(session: Session, settings, payload: dict, now: datetime) -> None:
     from shared.inbox import NotReady
-    state = _DECISION_STATE.execute(session, {"order_no": payload["order_no"]}).first()
+    store = storage.of(session)
+    state = store.lock_state(session, payload["order_no"])
     if state is None:
         raise NotReady(f"order {payload['order_no']} not seen yet")
     if state.risk_decision not in (None, "review"):
@@ -418,13 +412,13 @@ def apply_risk_decision(session: Session, settings, payload: dict, now: datetime
             and not (decision == "reject" and state.status == "pending"):
         # Most decisions land on an order not yet paid (or, with screening off, already
         # delivered): nothing to sell or refund now, only the decision to keep.
-        _SET_DECISION.execute(session, {"key": payload["order_no"], "decision": decision})
+        store.set_risk_decision(session, payload["order_no"], decision)
         return
     order = session.get(Order, payload["order_no"])
     order.risk_decision = decision
     if order.risk_decision == "reject" and order.status == "pending":
         order.status = "rejected"
-        storage.of(session).release_keys(session, order.order_no, order.product_id)
+        store.release_keys(session, order.order_no, order.product_id)
     else:
         fulfil(session, settings, order, now, waited_for="review" if state.risk_decision == "review" else "risk")
 

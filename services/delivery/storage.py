@@ -49,8 +49,10 @@ _ORDER_LOCKED = DriverStatement(_ORDER_FOR_PAYMENT.with_for_update())
 PAYMENT_COLUMNS = ["provider", "txn_id", "order_no", "amount_cents", "currency", "status", "received_at"]
 # The unique (provider, txn_id) decides what is a replay, not a look-up before the insert.
 _RECORD_PAYMENT = InsertIgnoringConflicts(_Pay, PAYMENT_COLUMNS, key=["provider", "txn_id"], returning=["id"])
-_PENDING_STATE = DriverStatement(select(_O.c.status, _O.c.risk_decision)
-                                 .where(_O.c.order_no == bindparam("order_no")).with_for_update())
+_ORDER_STATE_LOCKED = DriverStatement(select(_O.c.status, _O.c.risk_decision)
+                                      .where(_O.c.order_no == bindparam("order_no")).with_for_update())
+_SET_RISK_DECISION = DriverStatement(update(_O).where(_O.c.order_no == bindparam("key"))
+                                     .values(risk_decision=bindparam("decision")))
 _SET_ORDER_PAID = DriverStatement(update(_O).where(_O.c.order_no == bindparam("key")).values(
     status=bindparam("status"), paid_at=bindparam("paid_at"), delivered_at=bindparam("delivered_at")))
 
@@ -154,6 +156,13 @@ class Storage:
         """``read_order`` under a row lock held until ``session`` ends."""
         return _ORDER_LOCKED.execute(session, {"order_no": order_no}).first()
 
+    def lock_state(self, session: Session, order_no: str):
+        """The order's ``status`` and ``risk_decision`` (None: no such order), under a row lock."""
+        return _ORDER_STATE_LOCKED.execute(session, {"order_no": order_no}).first()
+
+    def set_risk_decision(self, session: Session, order_no: str, decision: str) -> None:
+        _SET_RISK_DECISION.execute(session, {"key": order_no, "decision": decision})
+
     def record_payment(self, session: Session, payment: dict) -> bool:
         """Insert a payment row (``PAYMENT_COLUMNS``); False when its (provider, txn_id) is known."""
         return _RECORD_PAYMENT.execute(session, [payment]).first() is not None
@@ -166,7 +175,7 @@ class Storage:
         ``events`` outbox rows. Returns (current: the order was as read, recorded: the
         payment was new); nothing is written unless both."""
         with db.write() as session:
-            state = _PENDING_STATE.execute(session, {"order_no": payment["order_no"]}).first()
+            state = self.lock_state(session, payment["order_no"])
             if state is None or state.status != "pending" or state.risk_decision != seen_decision:
                 return False, False
             if not self.record_payment(session, payment):

@@ -239,6 +239,18 @@ def test_expired_orders_are_locked_oldest_first(db):
     assert _count(db, KeyPool) == 2 and _count(db, Order, status="expired") == 2
 
 
+def test_an_orders_state_is_read_under_its_lock_and_its_risk_decision_kept(db):
+    _seed(db, "p1", keys=1)
+    order, _ = _order(db, "p1")
+    with db.write() as s:
+        store = storage.of(s)
+        assert store.lock_state(s, "no-such-order") is None
+        assert tuple(store.lock_state(s, order.order_no)) == ("pending", None)
+        store.set_risk_decision(s, order.order_no, "review")
+    with db.write() as s:
+        assert tuple(storage.of(s).lock_state(s, order.order_no)) == ("pending", "review")
+
+
 # -- payments ------------------------------------------------------------------------------------
 
 def _pay_pending(db, order, txn_id: str, seen_decision=None):
