@@ -33,10 +33,11 @@ def migrate(services: list[str]) -> None:
     shared = [s for s in services if list(urls.values()).count(urls[s]) > 1]
     if shared:
         # Their tables share names (merchants, products, orders, outbox, inbox...): one
-        # database is fine, one namespace is not (docs/migrations.md#one-database).
+        # database is fine, one namespace is not (docs/migrations.md#one-database). A plain
+        # PostgreSQL DATABASE_URL never lands here: database_url gives each service a schema.
         raise SystemExit(f"{', '.join(shared)} have the same database URL; give each service its own "
-                         "database or, on PostgreSQL, its own schema (?options=-csearch_path%3D{service}), "
-                         "see docs/migrations.md")
+                         "database (SQLite: sqlite:///var/{service}.db) or, on PostgreSQL, its own schema "
+                         "(one plain DATABASE_URL does that), see docs/migrations.md")
     for service in services:
         url = urls[service]
         upgrade(service, url)

@@ -150,7 +150,7 @@ def load_settings(service: str, env: os._Environ | dict | None = None) -> Settin
     if service not in SERVICES:
         raise ConfigError(f"unknown service {service!r}")
     bus_url = env.get("BUS_URL", "memory://")
-    embedded = bus_url.startswith("memory://")
+    embedded = is_embedded(env)
     url = database_url(service, env)
     generated: list[str] = []
     values = {name: secret(name, env, generated) for name in KERNEL_SECRETS[service]}
