@@ -74,6 +74,14 @@ class ApiError(Exception):
         self.message = message
         self.fields = fields or {}
 
+    @classmethod
+    def of(cls, error: DomainError) -> "ApiError":
+        """A domain error in HTTP terms."""
+        return cls(http_status(error), error.code, error.message, error.fields)
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "fields": self.fields}}
+
 
 def not_found(what: str = "resource") -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
@@ -81,7 +89,7 @@ def not_found(what: str = "resource") -> ApiError:
 
 def error_response(status: int, code: str, message: str, fields: dict | None = None):
     from flask import jsonify
-    response = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
+    response = jsonify(ApiError(status, code, message, fields).body())
     response.status_code = status
     return response
 

@@ -31,8 +31,17 @@ revenue_cents = Counter("linkshop_revenue_cents_total", "Amount of delivered ord
 commission_cents = Counter("linkshop_commission_cents_total", "Commission accrued, in cents", ["level"])
 ledger_imbalance = Gauge("linkshop_ledger_imbalance_cents", "Sum of all ledger postings (must be 0)",
                          multiprocess_mode="livemostrecent")
-payment_callbacks_rejected = Counter("linkshop_payment_callbacks_rejected_total",
-                                     "Payment callbacks refused", ["provider", "reason"])
+# outcome: what the notice did (paid, delivered, awaiting_stock, replay, duplicate_payment,
+# not_paid...) or why it was refused (bad_signature, bad_notice, unknown_order, wrong_provider,
+# amount_mismatch); the refusals are what the alert watches.
+payment_notices = Counter("linkshop_payment_notices_total", "Payment notices received, by outcome",
+                          ["provider", "outcome"])
+# The same outcomes, for payments found by asking the provider (a notice that never came).
+payment_recoveries = Counter("linkshop_payment_recoveries_total",
+                             "Payments applied from a provider's answer to a query, by outcome",
+                             ["provider", "outcome"])
+provider_refunds = Counter("linkshop_provider_refunds_total", "Refunds sent to payment providers, by outcome",
+                           ["provider", "outcome"])
 worker_heartbeat = Gauge("linkshop_worker_heartbeat_timestamp_seconds",
                          "Last time the worker's loops made progress", ["service"],
                          multiprocess_mode="livemostrecent")

@@ -2,26 +2,30 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import logging
 import secrets
+from urllib.parse import parse_qsl, quote
 
-from flask import Blueprint, jsonify, redirect, request
+from flask import Blueprint, Response, jsonify, redirect, request
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from shared import idempotency as idem
+from shared import metrics
 from shared.auth import bearer_token, hash_secret, is_admin, verify_user_token
-from shared.errors import ApiError, load_args, load_json, not_found
+from shared.errors import ApiError, DomainError, load_args, load_json, not_found
 from shared.events import utcnow
 from shared.openapi import documented
 from shared.web import ctx
 
 from . import domain, storage
 from .models import CardKey, KeyPool, Order, Product, Refund, idempotency
-from .payments import BadNotice, SignatureError
+from .payments import BadNotice, Checkout, NoticeRequest, ProviderError, SignatureError
 from .schemas import (KeyImportSchema, LookupSchema, OrderCreateSchema, OrderTokenSchema, RefundSchema,
                       ReplaceSchema)
 
 bp = Blueprint("delivery", __name__, url_prefix="/delivery/v1")
+log = logging.getLogger("linkshop.delivery")
 
 
 class SCHEMAS:
@@ -79,8 +83,28 @@ def _order_view(session, order: Order, with_keys: bool) -> dict:
     return view
 
 
-def _pay_url(order_no: str, token: str) -> str:
-    return f"{ctx().settings.public_url}/delivery/v1/payments/sandbox/pay/{order_no}?token={token}"
+def order_url(order_no: str, token: str) -> str:
+    """The buyer's page for an order (it carries the access token); payments return to it."""
+    return f"{ctx().settings.public_url}/delivery/v1/orders/{order_no}?token={quote(token)}"
+
+
+def _choose_provider(data: dict):
+    """The provider the buyer chose among those enabled (default: the operator's first), and
+    the way to pay it (default: its first)."""
+    providers = ctx().extra["providers"]
+    if not providers:
+        raise ApiError(503, "no_payment_provider", "no payment provider is enabled; the operator must configure one")
+    name = data.pop("provider", None) or next(iter(providers))
+    provider = providers.get(name)
+    if provider is None:
+        raise ApiError(422, "unknown_provider", f"{name!r} is not an enabled payment provider",
+                       {"provider": [f"must be one of: {', '.join(providers)}"]})
+    pay_type = data.get("pay_type") or provider.pay_types[0]
+    if pay_type not in provider.pay_types:
+        raise ApiError(422, "unknown_pay_type", f"{name} offers no pay type {pay_type!r}",
+                       {"pay_type": [f"must be one of: {', '.join(provider.pay_types)}"]})
+    data["pay_type"] = pay_type
+    return provider
 
 
 # -- vault -----------------------------------------------------------------------------------
@@ -134,19 +158,39 @@ def create_order():
         data["buyer_user_id"] = verify_user_token(c.settings.token_secret, token)
         if data["buyer_user_id"] is None:
             raise ApiError(401, "unauthorized", "the user token is invalid or expired")
+    provider = _choose_provider(data)
     if data.get("query_password"):  # slow on purpose, so it runs outside the transaction
         data["query_password_hash"] = domain.hash_query_password(data.pop("query_password"))
+    client = _client()
     for attempt in (1, 2, 3):
         try:
-            order, token = domain.create_order(c.db, c.settings, data, _client(), "sandbox", utcnow())
+            order, token = domain.create_order(c.db, c.settings, data, client, provider.name, utcnow(),
+                                               provider.currencies)
             break
         except IntegrityError:  # the order number was taken (see new_order_no): a new one, a new transaction
             if attempt == 3:
                 raise
+    page = order_url(order.order_no, token)
+    try:  # after the order committed: a gateway's answer can take a second, never under a lock
+        started = provider.start(Checkout(
+            order_no=order.order_no, amount_cents=order.amount_cents, currency=order.currency,
+            title=order.title, pay_type=order.pay_type,
+            notify_url=f"{c.settings.public_url}/delivery/v1/payments/{provider.name}/notify",
+            return_url=page, access_token=token, client_ip=client["ip"]))
+    except ProviderError as exc:
+        log.warning("payment provider %s could not start order %s: %s", provider.name, order.order_no, exc)
+        with c.db.write() as s:
+            domain.abandon_order(s, order.order_no)
+        raise ApiError(502, "provider_unavailable", f"the payment provider {provider.name} did not answer; "
+                       "try again or choose another way to pay") from None
+    if started.ref:
+        with c.db.write() as s:
+            domain.set_payment_ref(s, order.order_no, started.ref)
     body = {"order_no": order.order_no, "access_token": token, "amount_cents": order.amount_cents,
             "currency": order.currency, "status": order.status, "quantity": order.quantity,
-            "expires_at": order.expires_at.isoformat(),
-            "payment": {"provider": order.provider, "pay_url": _pay_url(order.order_no, token)}}
+            "expires_at": order.expires_at.isoformat(), "order_url": page,
+            "payment": {"provider": order.provider, "pay_type": order.pay_type, "pay_url": started.pay_url,
+                        "qr_code": started.qr_code}}
     return jsonify(body), 201
 
 
@@ -246,8 +290,69 @@ def list_refunds(order_no):
     with c.db.read() as s:
         order = _readable_order(s, order_no)
         rows = s.scalars(select(Refund).where(Refund.order_no == order.order_no).order_by(Refund.id)).all()
-        return jsonify({"refunds": [{"refund_id": r.id, "quantity": r.quantity, "amount_cents": r.amount_cents,
-                                     "reason": r.reason, "created_at": r.created_at.isoformat()} for r in rows]})
+        return jsonify({"refunds": [_refund_view(r) for r in rows]})
+
+
+def _refund_view(r: Refund) -> dict:
+    return {"refund_id": r.id, "quantity": r.quantity, "amount_cents": r.amount_cents, "reason": r.reason,
+            "created_at": r.created_at.isoformat(), "refund_no": r.refund_no, "provider": r.provider,
+            "status": r.status, "attempts": r.attempts, "error": r.last_error,
+            "settled_at": r.settled_at.isoformat() if r.settled_at else None}
+
+
+@bp.post("/orders/<order_no>/refunds/<int:refund_id>/retry")
+def retry_refund(order_no, refund_id):
+    """The merchant or the operator asks again for a refund the provider refused."""
+    c = ctx()
+    with c.db.write() as s:
+        admin = is_admin(c.settings.admin_token)
+        merchant_id = None if admin else _merchant_id(s)
+        order = s.get(Order, order_no)
+        record = s.get(Refund, refund_id, with_for_update=True)
+        if order is None or record is None or record.order_no != order_no \
+                or not (admin or order.merchant_id == merchant_id):
+            raise not_found("refund")
+        domain.retry_refund(s, record, utcnow())
+        return jsonify(_refund_view(record))
+
+
+@bp.get("/refunds")
+def failed_refunds():
+    """The operator's list of refunds by status (``?status=failed`` by default): what the
+    providers refused or never answered, to retry or settle by hand."""
+    c = ctx()
+    if not is_admin(c.settings.admin_token):
+        raise ApiError(403, "forbidden", "the operator's token is required")
+    status = request.args.get("status", "failed")
+    with c.db.read() as s:
+        rows = s.scalars(select(Refund).where(Refund.status == status).order_by(Refund.id.desc()).limit(200)).all()
+        return jsonify({"refunds": [{"order_no": r.order_no, **_refund_view(r)} for r in rows]})
+
+
+@bp.post("/orders/<order_no>/payment/check")
+@documented(query=OrderTokenSchema)
+def check_payment(order_no):
+    """The buyer is back from paying and the order still says pending: ask the provider now
+    (the notice may be late or lost) instead of waiting for the periodic check."""
+    c = ctx()
+    load_args(SCHEMAS.OrderTokenSchema)
+    with c.db.read() as s:
+        order = _readable_order(s, order_no)
+        status, provider_name, ref = order.status, order.provider, order.payment_ref
+    provider = c.extra["providers"].get(provider_name)
+    if status == "pending" and provider is not None:
+        with c.db.write() as s:
+            over = domain.rate_limited(s, f"paycheck:{order_no}", 6, utcnow())
+        if over:
+            raise ApiError(429, "rate_limited", "the payment was checked a moment ago; try again in a minute")
+        try:
+            domain.recover_payment(c.db, c.settings, provider, order_no, ref)
+        except ProviderError as exc:
+            log.warning("payment provider %s could not be asked about order %s: %s", provider_name, order_no, exc)
+            raise ApiError(502, "provider_unavailable", "the payment provider did not answer; try again shortly") \
+                from None
+    with c.db.read() as s:
+        return jsonify(_order_view(s, _readable_order(s, order_no), with_keys=True))
 
 
 # -- payments --------------------------------------------------------------------------------
@@ -259,25 +364,46 @@ def _provider(name: str):
     return provider
 
 
-def _process_notice(provider, raw_body: bytes, headers) -> dict:
-    from shared import metrics
+def _notice_request() -> NoticeRequest:
+    body = request.get_data(cache=True)
+    params = {k: v for k, v in request.args.items()}
+    if request.mimetype == "application/x-www-form-urlencoded":
+        try:
+            params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            pass  # the signature check refuses it
+    return NoticeRequest(method=request.method, body=body, headers=request.headers, params=params)
+
+
+def _take_notice(provider, notice_request: NoticeRequest) -> str:
+    """Verify and apply one notice; every outcome and refusal is counted under its provider."""
     received = utcnow()  # the order counts as paid from the moment the notice arrived
     try:
-        notice = provider.verify(raw_body, headers)
+        notice = provider.verify(notice_request)
     except SignatureError:
-        metrics.payment_callbacks_rejected.labels(provider.name, "bad_signature").inc()
+        metrics.payment_notices.labels(provider.name, "bad_signature").inc()
         raise ApiError(401, "bad_signature", "the notification signature is missing or wrong") from None
     except BadNotice as exc:
-        metrics.payment_callbacks_rejected.labels(provider.name, "bad_notice").inc()
+        metrics.payment_notices.labels(provider.name, "bad_notice").inc()
         raise ApiError(400, "bad_notice", "the notification is malformed", exc.fields) from None
     c = ctx()
-    outcome = domain.apply_payment(c.db, c.settings, provider.name, notice, received)
-    return {"ok": True, "order_no": notice.order_no, "outcome": outcome}
+    try:
+        return domain.take_notice(c.db, c.settings, provider.name, notice, received)
+    except DomainError as refused:
+        raise ApiError.of(refused) from None
 
 
-@bp.post("/payments/<provider_name>/notify")
+@bp.route("/payments/<provider_name>/notify", methods=["GET", "POST"])
 def payment_notify(provider_name):
-    return jsonify(_process_notice(_provider(provider_name), request.get_data(), request.headers))
+    """A provider's notice that the buyer paid, answered the way that provider expects."""
+    provider = _provider(provider_name)
+    if request.method not in provider.notice_methods:
+        raise ApiError(405, "method_not_allowed", f"{provider_name} notices come as {', '.join(provider.notice_methods)}")
+    try:
+        answer = provider.answer(_take_notice(provider, _notice_request()), None)
+    except ApiError as refused:
+        answer = provider.answer(None, refused)
+    return Response(answer.body, status=answer.status, content_type=answer.content_type)
 
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
@@ -299,7 +425,7 @@ def sandbox_pay_page(order_no):
     if request.method == "POST" and order.status in ("pending", "expired"):
         body = provider.notice_body(order.order_no, order.amount_cents, order.currency,
                                     "sandbox-" + secrets.token_hex(8))
-        _process_notice(provider, body, {provider.header: provider.sign(body)})
+        _take_notice(provider, NoticeRequest("POST", body, {provider.header: provider.sign(body)}, {}))
         return redirect(request.path + "?token=" + token, code=303)
     e = html.escape
     amount = f"{view['amount_cents'] / 100:.2f} {e(view['currency'])}"  # display only, never stored

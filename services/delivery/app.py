@@ -7,7 +7,6 @@ from shared.web import create_service_app
 from .api import bp
 from .config import DeliveryConfig, load_config
 from .models import Base, outbox
-from .payments import providers_for
 from .vault import Vault
 
 SERVICE = "delivery"
@@ -23,6 +22,6 @@ def create_app(settings: Settings | None = None, db: Database | None = None, bus
     config = config or load_config(settings)  # refuses to start in real mode without the vault key
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
-    app.extensions["linkshop"].extra.update(vault=Vault(config.vault_key, config.vault_previous_keys), providers=providers_for(settings))
+    app.extensions["linkshop"].extra.update(vault=Vault(config.vault_key, config.vault_previous_keys), providers=config.providers)
     app.register_blueprint(bp)
     return app

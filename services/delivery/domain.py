@@ -14,7 +14,7 @@ import secrets
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,9 @@ from shared.projection import merchant_for_token as projected_merchant_for_token
 from shared.projection import replace_key_hashes, upsert_newer
 
 from . import storage
-from .models import CardKey, KeyPool, Merchant, MerchantKey, Order, OrderKey, Product, RateLimit, Refund, StockState, outbox
+from .models import (CardKey, KeyPool, Merchant, MerchantKey, Order, OrderKey, Payment, Product, RateLimit, Refund,
+                     StockState, outbox)
+from .payments import ProviderError, RefundRequest, RefundResult
 from .vault import Vault
 
 PAID_STATUSES = ("paid", "awaiting_stock", "delivered", "partially_refunded")
@@ -143,9 +145,12 @@ def check_query_password(password: str, stored: str | None) -> bool:
     return hmac.compare_digest(candidate.hex(), digest)
 
 
-def _refusal(terms, quantity: int) -> Invalid | None:
+def _refusal(terms, quantity: int, currencies: frozenset[str] | None = None) -> Invalid | None:
     if terms is None or terms.status != "active" or terms.merchant_status != "active":
         return Invalid("no such product on sale", {"product_id": ["unknown product"]}, code="unknown_product")
+    if currencies is not None and terms.currency not in currencies:
+        return Invalid(f"this payment provider does not take {terms.currency}",
+                       {"provider": [f"takes only {', '.join(sorted(currencies))}"]}, code="currency_not_supported")
     if quantity > terms.max_per_order:
         return Invalid(f"at most {terms.max_per_order} per order",
                        {"quantity": [f"must be at most {terms.max_per_order}"]})
@@ -163,7 +168,8 @@ def _new_order(terms, data: dict, client: dict, provider: str, now: datetime, se
         currency=terms.currency, fee_bps=terms.fee_bps,
         commission=terms.commission or {"levels_bps": [], "cap_bps": None},
         email=data["email"].strip().lower(), status="pending",
-        provider=provider, access_token_hash=hash_secret(token),
+        provider=provider, pay_type=data.get("pay_type"), payment_ref=None, payment_checked_at=None,
+        access_token_hash=hash_secret(token),
         query_password_hash=data.get("query_password_hash"),
         ref_code=data.get("ref_code"), buyer_user_id=data.get("buyer_user_id"),
         client_ip=client.get("ip"), device_id=data.get("device_id"), user_agent=client.get("user_agent"),
@@ -181,30 +187,42 @@ def _new_order(terms, data: dict, client: dict, provider: str, now: datetime, se
 
 
 def create_order(db, settings, data: dict, client: dict, provider: str,
-                 now: datetime) -> tuple[SimpleNamespace, str]:
+                 now: datetime, currencies: frozenset[str] | None = None) -> tuple[SimpleNamespace, str]:
     """Reserve ``quantity`` keys for a new pending order, all or none, at the product's current
-    terms. The terms come from this process's cache; the storage writes only if they are still
-    current, else they are read again. Returns the new row's values, for the response (a plain
-    namespace: an ORM object would cost its instrumentation for nothing), and the buyer's
-    access token."""
+    terms, to be paid through ``provider`` (which takes ``currencies``, None: any). The terms
+    come from this process's cache; the storage writes only if they are still current, else
+    they are read again. Returns the new row's values, for the response (a plain namespace:
+    an ORM object would cost its instrumentation for nothing), and the buyer's access token."""
     store = storage.of(db)
     product_id, quantity = data["product_id"], data["quantity"]
     terms = store.terms(db, product_id)
-    if terms is None or _refusal(terms, quantity):  # never refuse on what may be stale
+    if terms is None or _refusal(terms, quantity, currencies):  # never refuse on what may be stale
         terms = store.terms(db, product_id, fresh=True)
     for _ in range(3):  # terms changing under an order three times running is rare enough
-        refusal = _refusal(terms, quantity)
+        refusal = _refusal(terms, quantity, currencies)
         if refusal is not None:
             raise refusal
         values, token, created = _new_order(terms, data, client, provider, now, settings)
         placed = store.place_order(db, values, created, terms)
         if placed == storage.PLACED:
             metrics.orders.labels("pending").inc()
-            return SimpleNamespace(**values), token
+            return SimpleNamespace(**values, title=terms.title), token
         if placed == storage.OUT_OF_STOCK:
             raise OutOfStock("not enough keys in stock for this order")
         terms = store.terms(db, product_id, fresh=True)  # changed since this process cached it
     raise Unavailable("the product changed while ordering; try again")
+
+
+def abandon_order(session: Session, order_no: str) -> None:
+    """The provider could not start the payment: the order ends, its keys go back on sale."""
+    order = session.get(Order, order_no, with_for_update=True)
+    if order is not None and order.status == "pending":
+        order.status = "expired"
+        storage.of(session).release_keys(session, order.order_no, order.product_id)
+
+
+def set_payment_ref(session: Session, order_no: str, ref: str) -> None:
+    session.execute(update(Order).where(Order.order_no == order_no).values(payment_ref=ref))
 
 
 def expire_reservations(session: Session, now: datetime, limit: int = 500) -> int:
@@ -227,11 +245,6 @@ def risk_gate(order: Order, settings) -> str:
     return "wait" if settings.risk_required else "approve"
 
 
-def _refuse_notice(provider: str, reason: str, error: DomainError) -> DomainError:
-    metrics.payment_callbacks_rejected.labels(provider, reason).inc()
-    return error
-
-
 def _paid_payload(order, provider: str, notice, now: datetime) -> dict:
     return {"order_no": order.order_no, "amount_cents": order.amount_cents, "currency": order.currency,
             "provider": provider, "provider_txn_id": notice.txn_id, "paid_at": now.isoformat(),
@@ -243,8 +256,27 @@ def _payment_row(provider: str, notice, order_no: str, status: str, now: datetim
             "amount_cents": notice.amount_cents, "currency": notice.currency, "status": status, "received_at": now}
 
 
+# What a payment notice (or a provider's answer to a query) did, as counted in
+# ``linkshop_payment_notices_total{outcome}``: the order's new status, or one of these.
+TAKEN = ("paid", "awaiting_stock", "delivered", "rejected", "replay", "duplicate_payment", "not_paid")
+
+
+def take_notice(db, settings, provider: str, notice, now: datetime, counter=None) -> str:
+    """``apply_payment``, counted: every outcome, and every refusal by its code, in
+    ``counter`` (``linkshop_payment_notices_total`` by default) under ``provider``."""
+    counter = counter or metrics.payment_notices
+    try:
+        outcome = apply_payment(db, settings, provider, notice, now)
+    except DomainError as refused:
+        counter.labels(provider, refused.code).inc()
+        raise
+    counter.labels(provider, outcome).inc()
+    return outcome
+
+
 def apply_payment(db, settings, provider: str, notice, now: datetime) -> str:
-    """Apply a verified payment notice; returns the outcome.
+    """Apply a verified payment notice; returns the outcome (``TAKEN``) or raises why the
+    notice was refused (unknown order, another provider's order, amount or currency wrong).
 
     The common case is a pending order paid in full, whose keys are all reserved: selling
     them is a status change, which the storage makes in one step if the order is still as
@@ -279,7 +311,6 @@ def _sell_pending(db, settings, order, provider: str, notice, now: datetime) -> 
     if not current:
         return None
     if not recorded:
-        metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
         return "replay"
     metrics.orders.labels("paid").inc()
     if delivered_at is None:
@@ -292,24 +323,20 @@ def _apply_payment_locked(session: Session, settings, provider: str, notice, now
     store = storage.of(session)
     order = store.lock_order(session, notice.order_no)
     if order is None:
-        raise _refuse_notice(provider, "unknown_order", NotFound("order not found"))
+        raise NotFound("order not found", code="unknown_order")
     if order.provider != provider:
-        raise _refuse_notice(provider, "wrong_provider", Invalid("the order was not created for this provider",
-                                                                 code="wrong_provider"))
+        raise Invalid("the order was not created for this provider", code="wrong_provider")
     if notice.status != "paid":
-        return "ignored"
+        return "not_paid"
     in_full = notice.amount_cents == order.amount_cents and notice.currency == order.currency
     payable = order.status in ("pending", "expired") or (order.status == "rejected" and order.paid_at is None)
     if not store.record_payment(session, _payment_row(provider, notice, order.order_no,
                                                       "applied" if payable else "duplicate", now)):
-        metrics.payment_callbacks_rejected.labels(provider, "replay").inc()
         return "replay"
     if not in_full:  # the rollback drops the payment
-        raise _refuse_notice(provider, "amount_mismatch", Invalid("amount or currency does not match the order",
-                                                                  code="amount_mismatch"))
+        raise Invalid("amount or currency does not match the order", code="amount_mismatch")
     if not payable:
         # A second payment of a paid order: recorded for the merchant to refund, never delivered again.
-        metrics.payment_callbacks_rejected.labels(provider, "duplicate_payment").inc()
         return "duplicate_payment"
     outbox.add(session, "delivery.order.paid", _paid_payload(order, provider, notice, now), order.order_no)
     after_commit(session, lambda: metrics.orders.labels("paid").inc())
@@ -465,18 +492,148 @@ def refund(session: Session, order: Order, quantity: int | None, reason: str, no
     amount = total_cents - order.refunded_cents
     order.refunded_quantity, order.refunded_cents = total_quantity, total_cents
     order.status = final_status or ("refunded" if total_quantity == order.quantity else "partially_refunded")
-    record = Refund(order_no=order.order_no, quantity=quantity, amount_cents=amount, reason=reason, created_at=now)
+    # The money goes back the way it came: the worker asks the provider (``send_refunds``).
+    paid = order.paid_at is not None and amount > 0
+    record = Refund(order_no=order.order_no, quantity=quantity, amount_cents=amount, reason=reason, created_at=now,
+                    provider=order.provider if paid else None, status="requested" if paid else "not_needed",
+                    attempts=0, next_attempt_at=now if paid else None)
     session.add(record)
     session.flush()
+    if paid:
+        record.refund_no = f"{order.order_no}R{record.id}"
     outbox.add(session, "delivery.order.refunded", {
         "order_no": order.order_no, "refund_id": record.id, "product_id": order.product_id,
         "merchant_id": order.merchant_id, "amount_cents": amount, "quantity": quantity,
         "currency": order.currency, "reason": reason, "delivered": delivered,
         "total_refunded_cents": total_cents, "total_refunded_quantity": total_quantity,
-        "refunded_at": now.isoformat(),
+        "refunded_at": now.isoformat(), "refund_no": record.refund_no, "provider": record.provider,
+        "provider_status": record.status,
     }, order.order_no)
     after_commit(session, lambda s=order.status: metrics.orders.labels(s).inc())
     return record
+
+
+# -- money back through the provider ---------------------------------------------------------
+
+# After each failed attempt the next waits longer; past the last the refund is ``failed`` and
+# waits for a person (merchant or operator) to retry it.
+REFUND_BACKOFF_S = (10, 30, 60, 300, 900, 1800, 3600, 3600)
+REFUND_LEASE_S = 120  # a worker that died mid-call leaves the refund to be tried again after this
+
+
+def lease_due_refunds(session: Session, now: datetime, limit: int = 20) -> list[RefundRequest]:
+    """The refunds due to be sent, each leased to this caller for ``REFUND_LEASE_S`` (so two
+    workers do not send one at once) and counted as an attempt. The provider is called after
+    this transaction commits, never inside it."""
+    query = select(Refund).where(Refund.status == "requested", Refund.next_attempt_at <= now) \
+        .order_by(Refund.next_attempt_at).limit(limit).with_for_update(skip_locked=True)  # SQLite: one writer anyway
+    requests = []
+    for record in session.scalars(query).all():
+        record.attempts += 1
+        record.next_attempt_at = now + timedelta(seconds=REFUND_LEASE_S)
+        order = session.get(Order, record.order_no)
+        txn_id = session.scalar(select(Payment.txn_id).where(
+            Payment.order_no == record.order_no, Payment.provider == record.provider, Payment.status == "applied")
+            .order_by(Payment.id).limit(1))
+        requests.append(RefundRequest(refund_no=record.refund_no, order_no=record.order_no, txn_id=txn_id or "",
+                                      amount_cents=record.amount_cents, order_amount_cents=order.amount_cents,
+                                      currency=order.currency, reason=record.reason, payment_ref=order.payment_ref))
+    return requests
+
+
+def _refund_event(session: Session, record: Refund, status: str) -> None:
+    outbox.add(session, f"delivery.refund.{status}", {
+        "order_no": record.order_no, "refund_id": record.id, "refund_no": record.refund_no,
+        "provider": record.provider, "amount_cents": record.amount_cents, "attempts": record.attempts,
+        "error": record.last_error, "at": (record.settled_at or utcnow()).isoformat()}, record.order_no)
+
+
+def record_refund_answer(session: Session, refund_no: str, result: RefundResult | None, error: str | None,
+                         now: datetime) -> str:
+    """What the provider said to a refund: ``result`` (accepted, or refused for good), or
+    ``error`` when it could not be asked (tried again later, until the attempts run out).
+    Returns the refund's status."""
+    record = session.scalar(select(Refund).where(Refund.refund_no == refund_no).with_for_update())
+    if record is None or record.status != "requested":
+        return record.status if record else "unknown"
+    if result is not None and result.ok:
+        record.status, record.settled_at, record.last_error = "succeeded", now, None
+        record.provider_refund_id = result.provider_refund_id
+        _refund_event(session, record, "succeeded")
+    elif result is not None or record.attempts >= len(REFUND_BACKOFF_S):
+        record.status, record.settled_at = "failed", now
+        record.last_error = ((result.error if result else error) or "refused")[:300]
+        _refund_event(session, record, "failed")
+    else:
+        record.last_error = (error or "")[:300]
+        record.next_attempt_at = now + timedelta(seconds=REFUND_BACKOFF_S[record.attempts - 1])
+    status = record.status
+    if status != "requested":
+        after_commit(session, lambda: metrics.provider_refunds.labels(record.provider, status).inc())
+    return status
+
+
+def retry_refund(session: Session, record: Refund, now: datetime) -> None:
+    """A person asks again for a refund the provider refused or never answered."""
+    if record.status != "failed":
+        raise Conflict(f"only a failed refund can be retried; this one is {record.status}", code="not_failed")
+    record.status, record.attempts, record.next_attempt_at, record.settled_at = "requested", 0, now, None
+
+
+def send_refunds(db, providers: dict, now_fn=utcnow, limit: int = 20) -> int:
+    """Send the due refunds to their providers, one by one, outside any transaction."""
+    with db.write() as session:
+        due = lease_due_refunds(session, now_fn(), limit)
+    for request in due:
+        with db.read() as session:
+            provider_name = session.scalar(select(Refund.provider).where(Refund.refund_no == request.refund_no))
+        provider = providers.get(provider_name)
+        result, error = None, None
+        if provider is None:
+            error = f"the payment provider {provider_name} is not enabled"
+        elif not request.txn_id:
+            error = "no applied payment found for this order"
+        else:
+            try:
+                result = provider.refund(request)
+            except ProviderError as exc:
+                error = str(exc)
+        with db.write() as session:
+            record_refund_answer(session, request.refund_no, result, error, now_fn())
+    return len(due)
+
+
+# -- payments whose notice never came (掉单) ---------------------------------------------------
+
+def orders_to_check(session: Session, providers, now: datetime, after_s: float, every_s: float,
+                    limit: int = 50) -> list[tuple[str, str, str | None]]:
+    """Pending orders at least ``after_s`` old whose provider can be asked, not asked in the
+    last ``every_s``: (order_no, provider, payment_ref), each marked as asked now."""
+    query = select(Order).where(Order.status == "pending", Order.provider.in_(list(providers)),
+                                Order.created_at <= now - timedelta(seconds=after_s),
+                                (Order.payment_checked_at.is_(None))
+                                | (Order.payment_checked_at <= now - timedelta(seconds=every_s))) \
+        .order_by(Order.expires_at).limit(limit).with_for_update(skip_locked=True)  # SQLite: one writer anyway
+    found = []
+    for order in session.scalars(query).all():
+        order.payment_checked_at = now
+        found.append((order.order_no, order.provider, order.payment_ref))
+    return found
+
+
+def recover_payment(db, settings, provider, order_no: str, ref: str | None, now_fn=utcnow) -> str | None:
+    """Ask ``provider`` about the order's payment and apply a paid answer exactly as a notice
+    would (counted in ``linkshop_payment_recoveries_total``). None: not paid as far as the
+    provider knows. ``ProviderError`` when it could not be asked."""
+    notice = provider.query(order_no, ref)
+    if notice is None or notice.status != "paid":
+        return None
+    if notice.order_no != order_no:
+        raise ProviderError(f"{provider.name} answered about another order")
+    try:
+        return take_notice(db, settings, provider.name, notice, now_fn(), counter=metrics.payment_recoveries)
+    except DomainError as refused:
+        return refused.code
 
 
 # -- stock -----------------------------------------------------------------------------------

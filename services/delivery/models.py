@@ -104,6 +104,11 @@ class Order(Base):
     email: Mapped[str] = mapped_column(String(254), index=True)
     status: Mapped[str] = mapped_column(String(24))
     provider: Mapped[str] = mapped_column(String(32))
+    pay_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The provider's id of the payment it started, when later calls need it (Stripe's session).
+    payment_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # When the provider was last asked about a payment whose notice has not come (掉单).
+    payment_checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     access_token_hash: Mapped[str] = mapped_column(String(64))
     query_password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ref_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -152,13 +157,29 @@ class Payment(Base):
 
 
 class Refund(Base):
+    """A refund of an order (whole or some keys). Money the buyer paid goes back through the
+    provider they paid with: the row is written with the refund itself, ``requested``, and
+    the worker asks the provider (``refund_no`` is the provider's idempotency key), retrying
+    with backoff: ``requested`` → ``succeeded`` | ``failed`` (a person may retry it).
+    ``not_needed``: nothing was paid (an order refused before payment)."""
     __tablename__ = "refunds"
+    __table_args__ = (Index("ix_refunds_due", "next_attempt_at", postgresql_where=text("status = 'requested'"),
+                            sqlite_where=text("status = 'requested'")),
+                      UniqueConstraint("refund_no", name="uq_refunds_refund_no"))
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     order_no: Mapped[str] = mapped_column(ForeignKey("orders.order_no"), index=True)
     quantity: Mapped[int] = mapped_column(Integer)
     amount_cents: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    refund_no: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="not_needed", server_default="not_needed")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    provider_refund_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class StockState(Base):

@@ -1,4 +1,4 @@
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import Schema, fields, validate
 
 EMAIL = validate.Length(max=254)
 
@@ -15,18 +15,10 @@ class OrderCreateSchema(Schema):
     ref_code = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
     query_password = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=4, max=128))
     device_id = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
-
-
-class SandboxNoticeSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE  # providers add fields; the signature covers the whole body anyway
-
-    order_no = fields.Str(required=True, validate=validate.Length(min=1, max=32))
-    amount_cents = fields.Int(required=True, strict=True)
-    currency = fields.Str(required=True, validate=validate.Length(equal=3))
-    txn_id = fields.Str(required=True, validate=validate.Length(min=1, max=128))
-    status = fields.Str(required=True, validate=validate.Length(min=1, max=32))
-    payer_account = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+    # Among the enabled providers (default: the operator's first), and the way to pay it
+    # (epay: alipay | wxpay; default: the provider's first).
+    provider = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=32))
+    pay_type = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=16))
 
 
 class LookupSchema(Schema):

@@ -32,7 +32,7 @@ _P, _M, _O, _Pay = Product.__table__, Merchant.__table__, Order.__table__, Payme
 
 # What an order is priced and limited by, with the versions ``place_order`` checks.
 _TERMS = DriverStatement(
-    select(_P.c.merchant_id, _P.c.price_cents, _P.c.cost_cents, _P.c.currency, _P.c.status, _P.c.max_per_order,
+    select(_P.c.merchant_id, _P.c.title, _P.c.price_cents, _P.c.cost_cents, _P.c.currency, _P.c.status, _P.c.max_per_order,
            _P.c.commission, _P.c.reusable_keys, _P.c.version.label("product_version"),
            _M.c.status.label("merchant_status"), _M.c.fee_bps, _M.c.version.label("merchant_version"))
     .join_from(_P, _M, _M.c.id == _P.c.merchant_id).where(_P.c.id == bindparam("product_id")))

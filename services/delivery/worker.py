@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import time
 
 from shared.config import Settings, load_settings
@@ -9,17 +10,23 @@ from shared.worker import Job, WorkerSpec, run_worker
 
 from . import domain
 from .app import SERVICE, open_database
+from .config import DeliveryConfig, load_config
 from .events import build_handlers
 from .models import inbox, outbox
+from .payments import Provider, ProviderError
+
+log = logging.getLogger("linkshop.delivery.worker")
 
 
 SOLD_REFRESH_S = 300.0
 
 
-def build_worker(settings: Settings, db: Database | None = None, config=None) -> WorkerSpec:
-    """``config`` (DeliveryConfig) is accepted like every service's and unused: the worker
-    never opens the vault."""
+def build_worker(settings: Settings, db: Database | None = None, config: DeliveryConfig | None = None) -> WorkerSpec:
+    """The worker never opens the vault; it uses ``config`` for the payment providers: it
+    sends refunds to them and asks them about payments whose notice never came."""
+    config = config or load_config(settings, vault=False)
     db = db or open_database(settings)
+    providers = config.providers
 
     def expire():
         while True:  # a backlog after downtime is worked off in batches, each its own transaction
@@ -42,8 +49,27 @@ def build_worker(settings: Settings, db: Database | None = None, config=None) ->
                 weekly["sold"], weekly["at"] = domain.sold_last_week(session, now), tick
             domain.sync_stock(session, settings.stock_low_floor, now, weekly["sold"])
 
+    def send_refunds():
+        while domain.send_refunds(db, providers) == 20:  # a backlog, in batches
+            pass
+
+    # Only providers with a gateway to ask (the sandbox has none).
+    queryable = [name for name, p in providers.items() if type(p).query is not Provider.query]
+
+    def recover_payments():
+        with db.write() as session:
+            due = domain.orders_to_check(session, queryable, utcnow(), config.payment_query_after_s,
+                                         config.payment_query_every_s)
+        for order_no, provider_name, ref in due:  # one by one, no transaction open while asking
+            try:
+                domain.recover_payment(db, settings, providers[provider_name], order_no, ref)
+            except ProviderError as exc:
+                log.warning("could not ask %s about order %s: %s", provider_name, order_no, exc)
+
     jobs = [Job("expire_reservations", 1.0, expire), Job("sync_stock", settings.stock_sync_interval_s, stock),
-            Job("forget_rate_windows", 300.0, forget_rate_windows)]
+            Job("forget_rate_windows", 300.0, forget_rate_windows), Job("send_refunds", 2.0, send_refunds)]
+    if queryable:
+        jobs.append(Job("recover_payments", 15.0, recover_payments))
     return WorkerSpec(SERVICE, db, outbox, inbox, build_handlers(settings), jobs)
 
 

@@ -14,7 +14,7 @@ def _pending_order(shop, keys=("K1", "K2")):
 
 
 def _rejected(shop, reason):
-    return shop.metric("linkshop_payment_callbacks_rejected_total", provider="sandbox", reason=reason)
+    return shop.metric("linkshop_payment_notices_total", provider="sandbox", outcome=reason)
 
 
 def test_bad_or_missing_signature_is_401_and_counted(shop):
@@ -45,7 +45,7 @@ def test_wrong_amount_or_currency_is_422_and_order_stays_unpaid(shop):
 def test_status_other_than_paid_changes_nothing(shop):
     order = _pending_order(shop)
     r = shop.notify(order["order_no"], order["amount_cents"], status="failed")
-    assert r.status_code == 200 and r.json["outcome"] == "ignored"
+    assert r.status_code == 200 and r.json["outcome"] == "not_paid"
     assert shop.view(order)["status"] == "pending"
 
 
@@ -140,3 +140,38 @@ def test_pay_page_makes_the_same_signed_call(shop):
     page = shop.delivery.get(path)
     assert b"K1" in page.data and b"delivered" in page.data
     assert shop.delivery.get(path.split("?")[0] + "?token=nope").status_code == 404
+
+
+def test_no_provider_enabled_is_503_and_reserves_nothing(make_shop):
+    shop = make_shop(LINKSHOP_SANDBOX_ENABLED="false")
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, ["K1"])
+    r = shop.order(pid)
+    assert r.status_code == 503 and r.json["error"]["code"] == "no_payment_provider"
+    stock = shop.delivery.get(f"/delivery/v1/products/{pid}/keys", headers=merchant).json
+    assert stock["available"] == 1
+
+
+def test_unknown_or_disabled_provider_or_pay_type_is_422(shop):
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, ["K1"])
+    for body, field in (({"provider": "epay"}, "provider"), ({"provider": "paypal"}, "provider"),
+                        ({"provider": "sandbox", "pay_type": "wxpay"}, "pay_type")):
+        r = shop.order(pid, **body)
+        assert r.status_code == 422 and field in r.json["error"]["fields"], (body, r.json)
+    r = shop.order(pid, provider="sandbox")
+    assert r.status_code == 201 and r.json["payment"]["provider"] == "sandbox"
+    assert r.json["payment"]["pay_url"].endswith(f"/sandbox/pay/{r.json['order_no']}?token={r.json['access_token']}")
+
+
+def test_a_provider_half_configured_refuses_to_start(tmp_path):
+    from shared.config import ConfigError, load_settings
+    from services.delivery.config import load_config
+    env = {"LINKSHOP_VAR_DIR": str(tmp_path), "LINKSHOP_EPAY_GATEWAY": "https://pay.example.com"}
+    with pytest.raises(ConfigError, match="LINKSHOP_EPAY_PID, LINKSHOP_EPAY_KEY"):
+        load_config(load_settings("delivery", env), env)
+    env["LINKSHOP_PAYMENT_PROVIDERS"] = "paypal"
+    with pytest.raises(ConfigError, match="unknown providers"):
+        load_config(load_settings("delivery", env | {"LINKSHOP_EPAY_GATEWAY": ""}), env | {"LINKSHOP_EPAY_GATEWAY": ""})

@@ -1,0 +1,1 @@
+"""Fake payment gateways, one module per provider (see ``tests.kit.gateways``)."""
