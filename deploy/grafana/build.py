@@ -129,6 +129,8 @@ def rate(metric: str, window: str = "$__rate_interval", **labels: str) -> str:
 
 # Paid -> delivered as the buyer waits for it: at payment, or at risk's automatic decision.
 BUYER_WAIT = "~payment|risk"
+# Payment notices refused (the rest were taken: applied, replayed, not a payment...).
+REFUSED_NOTICES = "~bad_signature|bad_notice|unknown_order|wrong_provider|amount_mismatch"
 
 
 def quantile(q: float, metric: str, by: str, **labels: str) -> str:
@@ -146,8 +148,9 @@ def overview() -> Board:
            description="Sum of all ledger postings in cents; must be 0 (alert LinkshopLedgerImbalance).")
     b.stat("Dead letters", f'sum({sel("rabbitmq_queue_messages", queue=DEAD_QUEUES)}) or vector(0)',
            description="Messages in every <service>.dead queue (alert LinkshopDeadLetters).")
-    b.stat("Rejected payment callbacks (1h)",
-           f'sum(increase({sel("linkshop_payment_callbacks_rejected_total")}[1h])) or vector(0)', red_above=50)
+    b.stat("Refused payment notices (1h)",
+           f'sum(increase({sel("linkshop_payment_notices_total", outcome=REFUSED_NOTICES)}[1h])) or vector(0)',
+           red_above=50)
     b.row("Orders and money")
     b.timeseries("Orders per minute by status",
                  [(f"sum by (status) ({rate('linkshop_orders_total')}) * 60", "{{status}}")], unit="short")
@@ -235,9 +238,17 @@ def service_board(svc: str) -> Board:
         b.timeseries("Paid → delivered after a review or a restock",
                      [(quantile(0.5, "linkshop_delivery_latency_seconds", "waited_for", waited_for="~review|stock"),
                        "p50 {{waited_for}}")], unit="s")
-        b.timeseries("Rejected payment callbacks per minute",
-                     [(f'sum by (provider, reason) ({rate("linkshop_payment_callbacks_rejected_total")}) * 60',
-                       "{{provider}} {{reason}}")], threshold=3)
+        b.timeseries("Payment notices per minute, by outcome",
+                     [(f'sum by (provider, outcome) ({rate("linkshop_payment_notices_total")}) * 60',
+                       "{{provider}} {{outcome}}")])
+        b.timeseries("Refused payment notices per minute",
+                     [(f'sum by (provider, outcome) ({rate("linkshop_payment_notices_total", outcome=REFUSED_NOTICES)}) * 60',
+                       "{{provider}} {{outcome}}")], threshold=3)
+        b.timeseries("Payments found by asking the provider (掉单), and refunds by outcome",
+                     [(f'sum by (provider, outcome) ({rate("linkshop_payment_recoveries_total")}) * 60',
+                       "recovered {{provider}} {{outcome}}"),
+                      (f'sum by (provider, outcome) ({rate("linkshop_provider_refunds_total")}) * 60',
+                       "refund {{provider}} {{outcome}}")])
         b.timeseries("Lowest stock (10 products)",
                      [(f'bottomk(10, max by (product) ({sel("linkshop_stock_available")}))', "{{product}}")],
                      threshold=10)

@@ -60,7 +60,8 @@ ALERTS = {
     "LinkshopConsumerLag": "linkshop_event_lag_seconds_bucket",
     "LinkshopStockLow": "linkshop_stock_available",
     "LinkshopLedgerImbalance": "linkshop_ledger_imbalance_cents",
-    "LinkshopPaymentCallbacksRejected": "linkshop_payment_callbacks_rejected_total",
+    "LinkshopPaymentNoticesRefused": "linkshop_payment_notices_total",
+    "LinkshopProviderRefundsFailing": "linkshop_provider_refunds_total",
     "LinkshopWithdrawalsWaitingForReview": "linkshop_withdrawals_pending_review_oldest_seconds",
 }
 # Metrics not in shared/metrics.py that alerts and dashboards may use; each must be
@@ -557,6 +558,11 @@ def test_migrate_job_migrates_every_service_with_nothing_but_database_urls(overl
 SECRET_USERS = {
     "LINKSHOP_VAULT_KEY": {"delivery-api"},
     "LINKSHOP_SANDBOX_SECRET": {"delivery-api"},
+    **{name: {"delivery-api", "delivery-worker"} for name in (
+        "LINKSHOP_EPAY_KEY", "LINKSHOP_WECHATPAY_PRIVATE_KEY", "LINKSHOP_WECHATPAY_APIV3_KEY",
+        "LINKSHOP_STRIPE_SECRET_KEY", "LINKSHOP_STRIPE_WEBHOOK_SECRET")},
+    # Alipay's app key also pays withdrawals out (payout's worker).
+    "LINKSHOP_ALIPAY_PRIVATE_KEY": {"delivery-api", "delivery-worker", "payout-worker"},
     "LINKSHOP_TOKEN_SECRET": {f"{svc}-{c}" for svc in ("delivery", "referral", "payout") for c in ("api", "worker")},
     "LINKSHOP_ADMIN_TOKEN": {f"{svc}-{c}" for svc in SERVICES for c in ("api", "worker")},
     "BUS_URL": {f"{svc}-{c}" for svc in SERVICES for c in ("api", "worker")},
