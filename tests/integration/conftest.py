@@ -27,6 +27,8 @@ from shared.config import SERVICES
 from . import audit
 from tests.kit.backends import fold_skip, postgres_unreachable, require_server
 
+from tests.kit.fakes.epay import FakeEpay
+
 from .helpers import Broker, Shop
 
 HERE = Path(__file__).resolve().parent
@@ -211,7 +213,14 @@ def run(infra):
         ch.queue_declare(TAP_QUEUE, durable=True)
         ch.queue_bind(TAP_QUEUE, topology.EXCHANGE, "#")
 
-    overrides = {**TEST_ENV, "BUS_URL": f"{AMQP_BASE}/{'/' if vhost == '/' else encoded}"}
+    # A real provider beside the sandbox: a fake epay gateway the real processes call and are
+    # notified by (tests/integration/test_payments_real.py). The sandbox stays the default.
+    epay = FakeEpay()
+    delivery_url = f"http://127.0.0.1:{stackmod.ports_from(WEB_BASE, WORKER_BASE)['delivery'][0]}"
+    overrides = {**TEST_ENV, **epay.env(), "LINKSHOP_PAYMENT_PROVIDERS": "sandbox,epay",
+                 "LINKSHOP_PUBLIC_URL": delivery_url, "LINKSHOP_PAYMENT_QUERY_AFTER_S": "1",
+                 "LINKSHOP_PAYMENT_QUERY_EVERY_S": "1",
+                 "BUS_URL": f"{AMQP_BASE}/{'/' if vhost == '/' else encoded}"}
     for svc in SERVICES:
         overrides[f"{svc.upper()}_DATABASE_URL"] = f"{PG_URL}/{db_prefix}{svc}"
     stack, leaks = None, []
@@ -219,12 +228,15 @@ def run(infra):
         stack = stackmod.start_stack(overrides, stackmod.ports_from(WEB_BASE, WORKER_BASE), run_dir,
                                      db_prefix=db_prefix)
         this_run = Run(stack, broker, run_id, shared_vhost)
+        this_run.epay = epay
+        this_run.credentials.append(epay.key)  # the audit: the provider's key is never logged
         yield this_run
         # The whole run's leak audit, whatever ran and in whatever order: once every process
         # has stopped, every log line is written and every event is on the tap.
         stack.stop(grace=10)
         leaks = audit.leaks(this_run)
     finally:
+        epay.close()
         if stack is not None:
             stack.stop(grace=10)
         for svc in SERVICES:
@@ -247,6 +259,12 @@ def run(infra):
 @pytest.fixture(scope="session")
 def stack(run):
     return run.stack
+
+
+@pytest.fixture(scope="session")
+def epay(run) -> FakeEpay:
+    """The fake epay gateway the stack is configured with."""
+    return run.epay
 
 
 @pytest.fixture(scope="session")

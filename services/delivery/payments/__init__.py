@@ -14,6 +14,7 @@ enabled provider is an order's default.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -219,3 +220,7 @@ def pem_setting(value: str) -> str:
 
 
 TIMEOUT = (3.05, 10)  # connect, read: a gateway slower than this is retried later
+
+# urllib3 logs each request's URL at DEBUG, and some gateways take the merchant key in the
+# query string (epay's api.php): never at any log level.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
