@@ -176,7 +176,10 @@ class AmqpBus:
 
     def _on_return(self, routing_key: str) -> None:
         self.unroutable += 1
-        log.error("event %s was unroutable: no queue is bound to it", routing_key)
+        if topology.consumers_of(routing_key):  # a consumer's queue should be bound: it is not
+            log.error("event %s was unroutable: no queue is bound to it", routing_key)
+        else:  # announced for whoever subscribes later (design.md §4); nobody does yet
+            log.debug("event %s has no consumer yet", routing_key)
 
     def close_publisher(self) -> None:
         publisher = getattr(self._local, "publisher", None)

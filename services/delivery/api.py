@@ -75,6 +75,7 @@ def _order_view(session, order: Order, with_keys: bool) -> dict:
         "paid_at": order.paid_at.isoformat() if order.paid_at else None,
         "delivered_at": order.delivered_at.isoformat() if order.delivered_at else None,
         "refunded_quantity": order.refunded_quantity, "refunded_cents": order.refunded_cents,
+        "payment": {"provider": order.provider, "pay_type": order.pay_type},
     }
     if with_keys:
         delivered = order.delivered_at is not None

@@ -175,3 +175,20 @@ def test_a_provider_half_configured_refuses_to_start(tmp_path):
     env["LINKSHOP_PAYMENT_PROVIDERS"] = "paypal"
     with pytest.raises(ConfigError, match="unknown providers"):
         load_config(load_settings("delivery", env | {"LINKSHOP_EPAY_GATEWAY": ""}), env | {"LINKSHOP_EPAY_GATEWAY": ""})
+
+
+def test_a_provider_that_cannot_start_the_payment_is_502_and_the_keys_go_back(shop, monkeypatch):
+    from services.delivery.payments import ProviderError
+    merchant, _ = shop.merchant()
+    pid = shop.product(merchant)
+    shop.import_keys(merchant, pid, ["K1"])
+    sandbox = shop.system.apps["delivery"].extensions["linkshop"].extra["providers"]["sandbox"]
+
+    def down(checkout):
+        raise ProviderError("sandbox: ConnectTimeout")
+    monkeypatch.setattr(sandbox, "start", down)
+    r = shop.order(pid)
+    assert r.status_code == 502 and r.json["error"]["code"] == "provider_unavailable"
+    assert shop.delivery.get(f"/delivery/v1/products/{pid}/keys", headers=merchant).json["available"] == 1
+    monkeypatch.undo()
+    assert shop.order(pid).status_code == 201
