@@ -20,7 +20,7 @@ from shared.web import ctx
 
 from . import domain, storage
 from .models import CardKey, KeyPool, Order, Product, Refund, idempotency
-from .payments import BadNotice, Checkout, NoticeRequest, ProviderError, SignatureError
+from .payments import BadNotice, Checkout, IgnoredNotice, NoticeRequest, ProviderError, SignatureError
 from .schemas import (KeyImportSchema, LookupSchema, OrderCreateSchema, OrderTokenSchema, RefundSchema,
                       ReplaceSchema)
 
@@ -341,7 +341,8 @@ def check_payment(order_no):
         order = _readable_order(s, order_no)
         status, provider_name, ref = order.status, order.provider, order.payment_ref
     provider = c.extra["providers"].get(provider_name)
-    if status == "pending" and provider is not None:
+    # An expired order too: the buyer may have paid in its last seconds and the notice be lost.
+    if status in ("pending", "expired") and provider is not None:
         with c.db.write() as s:
             over = domain.rate_limited(s, f"paycheck:{order_no}", 6, utcnow())
         if over:
@@ -387,6 +388,9 @@ def _take_notice(provider, notice_request: NoticeRequest) -> str:
     except BadNotice as exc:
         metrics.payment_notices.labels(provider.name, "bad_notice").inc()
         raise ApiError(400, "bad_notice", "the notification is malformed", exc.fields) from None
+    except IgnoredNotice:
+        metrics.payment_notices.labels(provider.name, "ignored").inc()
+        return "ignored"
     c = ctx()
     try:
         return domain.take_notice(c.db, c.settings, provider.name, notice, received)

@@ -34,6 +34,12 @@ class BadNotice(Exception):
         self.fields = fields
 
 
+class IgnoredNotice(Exception):
+    """Genuine (the signature holds) but none of this shop's business: an event type we do not
+    act on, a payment we did not start. Acknowledged, so the provider stops resending it,
+    counted as ``ignored``, and nothing changes."""
+
+
 class ProviderError(Exception):
     """The provider could not be reached or answered with an error; worth retrying."""
 
@@ -125,12 +131,13 @@ class Provider:
         raise NotImplementedError
 
     def verify(self, request: NoticeRequest) -> Notice:
-        """The notice's content if its signature holds; ``SignatureError`` or ``BadNotice``."""
+        """The notice's content if its signature holds; ``SignatureError``, ``BadNotice``, or
+        ``IgnoredNotice`` for a genuine notice that is none of our business."""
         raise NotImplementedError
 
     def answer(self, outcome: str | None, error) -> Answer:
         """The answer to a notice: ``outcome`` when it was taken (applied, replayed, not a
-        payment...), else ``error`` (an ``ApiError``) saying why it was refused. A provider
+        payment, ``ignored``...), else ``error`` (an ``ApiError``) saying why it was refused. A provider
         resends a notice until it reads its own word for "received"."""
         raise NotImplementedError
 

@@ -15,7 +15,7 @@ from our clock is refused, so a captured notice cannot be replayed later. Of the
 when the session's ``payment_status`` is ``paid``; ``async_payment_failed`` and ``expired``
 are notices that it was not paid. Stripe sends every event the endpoint is subscribed to, and
 resends each until it reads a 2xx: an event that is not about one of our sessions is
-acknowledged without effect (it is counted as ``bad_notice``: see ``Ignored``).
+acknowledged without effect (``IgnoredNotice``, counted as ``ignored``).
 
 ``query`` reads the session back (``GET /v1/checkout/sessions/<id>``); ``refund`` is
 ``POST /v1/refunds`` on the session's PaymentIntent, our refund number as Idempotency-Key,
@@ -48,7 +48,7 @@ from urllib.parse import quote
 
 from shared.config import ConfigError
 
-from . import (TIMEOUT, Answer, BadNotice, Checkout, Notice, NoticeRequest, PaymentStart, Provider, ProviderError,
+from . import (TIMEOUT, Answer, BadNotice, Checkout, IgnoredNotice, Notice, NoticeRequest, PaymentStart, Provider, ProviderError,
                RefundRequest, RefundResult, SignatureError, settings_of)
 
 API_BASE = "https://api.stripe.com"
@@ -65,17 +65,7 @@ CURRENCIES = frozenset("""
 
 PAID_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 UNPAID_EVENTS = {"checkout.session.async_payment_failed": "failed", "checkout.session.expired": "expired"}
-IGNORED_FIELD = "stripe_event"
 _SECRETS = re.compile(r"\b(sk|rk|whsec)_[A-Za-z0-9_*]+")
-
-
-class Ignored(BadNotice):
-    """A genuine event that is not about one of our sessions: answered 2xx so Stripe stops
-    resending it. The interface has no outcome for "signed, but none of our business", so it
-    travels as a ``BadNotice`` whose only field is ``IGNORED_FIELD``, which ``answer`` reads."""
-
-    def __init__(self, why: str):
-        super().__init__({IGNORED_FIELD: [why]})
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -140,13 +130,13 @@ class StripeProvider(Provider):
             raise BadNotice({"type": ["missing: not a Stripe event"]})
         kind = event["type"]
         if kind not in PAID_EVENTS and kind not in UNPAID_EVENTS:
-            raise Ignored(f"{kind[:100]} is not an event this shop acts on")
+            raise IgnoredNotice(f"{kind[:100]} is not an event this shop acts on")
         data = event.get("data")
         session = data.get("object") if isinstance(data, dict) else None
         if not isinstance(session, dict) or session.get("object") != "checkout.session":
             raise BadNotice({"data.object": ["not a checkout session"]})
         if not _order_no_of(session):
-            raise Ignored("a checkout session this shop did not create")
+            raise IgnoredNotice("a checkout session this shop did not create")
         if kind in UNPAID_EVENTS:
             status = UNPAID_EVENTS[kind]
         else:
@@ -172,9 +162,6 @@ class StripeProvider(Provider):
     def answer(self, outcome, error) -> Answer:
         if error is None:
             return Answer(json.dumps({"received": True, "outcome": outcome}), 200, "application/json")
-        if error.code == "bad_notice" and set(error.fields) == {IGNORED_FIELD}:
-            return Answer(json.dumps({"received": True, "ignored": error.fields[IGNORED_FIELD][0]}), 200,
-                          "application/json")
         # Stripe resends anything not 2xx for three days: a refusal stays visible on its dashboard.
         return Answer(json.dumps(error.body()), 400, "application/json")
 

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from services.delivery.payments import BadNotice, NoticeRequest, SignatureError
-from services.delivery.payments.stripe import CURRENCIES, Ignored, StripeProvider
+from services.delivery.payments import IgnoredNotice
+from services.delivery.payments.stripe import CURRENCIES, StripeProvider
 from tests.kit.fakes.stripe import FakeStripe, stripe_signature_header
 from tests.kit.gateways import PayingShop
 
@@ -150,13 +151,12 @@ def test_events_that_are_none_of_ours_are_acknowledged_and_change_nothing(shop, 
     order = shop.order_with("stripe", seller[1])
     no = order["order_no"]
     stripe.session_of(no).update(payment_intent="pi_x", payment_status="paid")
-    before = notices(shop, "bad_notice")
+    before = notices(shop, "ignored")
     for event in (stripe.event(no, "payment_intent.succeeded"), stripe.event(no, "customer.created"),
                   stripe.event(no, client_reference_id=None, metadata={})):  # another app's session
         read = stripe.notify(event)
-        assert len(read) == 1 and read[0][0] == 200 and "ignored" in json.loads(read[0][1]), event["type"]
-    # Counted with the malformed ones: the interface has no outcome for "not ours" (see stripe.Ignored).
-    assert notices(shop, "bad_notice") == before + 3
+        assert len(read) == 1 and read[0][0] == 200 and json.loads(read[0][1])["outcome"] == "ignored", event["type"]
+    assert notices(shop, "ignored") == before + 3
     # One of our sessions, malformed, is refused (Stripe keeps it visible on its dashboard).
     read = stripe.notify(stripe.event(no, amount_total=None))
     assert {s for s, _ in read} == {400} and json.loads(read[0][1])["error"]["code"] == "bad_notice"
@@ -350,7 +350,7 @@ def test_a_recorded_completed_event_reads_as_the_order_priced():
 def test_an_event_type_we_do_not_act_on_is_ignored_not_forged():
     body = json.dumps({"id": "evt_1", "object": "event", "type": "charge.refunded",
                        "data": {"object": {"object": "charge"}}}).encode()
-    with pytest.raises(Ignored):
+    with pytest.raises(IgnoredNotice):
         provider_at(1000, "whsec_x").verify(notice_request(body, stripe_signature_header(body, "whsec_x", 1000)))
 
 
