@@ -561,7 +561,7 @@ def record_refund_answer(session: Session, refund_no: str, result: RefundResult 
         record.provider_refund_id = result.provider_refund_id
         _refund_event(session, record, "succeeded")
     elif result is not None or record.attempts >= len(REFUND_BACKOFF_S):
-        record.status, record.settled_at = "failed", now
+        record.status, record.settled_at, record.refused = "failed", now, result is not None
         record.last_error = ((result.error if result else error) or "refused")[:300]
         _refund_event(session, record, "failed")
     else:
@@ -577,7 +577,11 @@ def retry_refund(session: Session, record: Refund, now: datetime) -> None:
     """A person asks again for a refund the provider refused or never answered."""
     if record.status != "failed":
         raise Conflict(f"only a failed refund can be retried; this one is {record.status}", code="not_failed")
+    if record.refused:  # a new number: the provider would repeat its refusal of the old one
+        record.refund_no = f"{record.order_no}R{record.id}-{secrets.token_hex(3)}"
+    # Never answered: the same number, so a refund the provider did make is not made twice.
     record.status, record.attempts, record.next_attempt_at, record.settled_at = "requested", 0, now, None
+    record.refused = False
 
 
 def send_refunds(db, providers: dict, now_fn=utcnow, limit: int = 20) -> int:

@@ -178,6 +178,9 @@ class Refund(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # The provider said no (not: never answered). Asked again, it would say no again to the same
+    # refund number (providers keep the first answer per number), so a retry takes a new one.
+    refused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     provider_refund_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 

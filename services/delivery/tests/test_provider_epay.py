@@ -182,10 +182,12 @@ def test_a_refused_refund_is_failed_visible_and_can_be_retried(shop, seller, epa
     assert shop.refund_status(order, merchant) == ["failed"]
     failed = shop.delivery.get("/delivery/v1/refunds?status=failed", headers=shop.admin).json["refunds"]
     assert [f["order_no"] for f in failed] == [order["order_no"]] and "退款金额" in failed[0]["error"]
-    refund_id = failed[0]["refund_id"]
+    refund_id, refused_no = failed[0]["refund_id"], failed[0]["refund_no"]
     epay.refuse_refunds = False
     r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refunds/{refund_id}/retry", headers=merchant)
     assert r.status_code == 200 and r.json["status"] == "requested"
+    # Providers keep their first answer per refund number: asked again, a new number.
+    assert r.json["refund_no"] != refused_no and r.json["refund_no"].startswith(refused_no + "-")
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["succeeded"] and len(epay.refunds) == 1
 
@@ -202,3 +204,35 @@ def test_a_gateway_error_is_retried_with_backoff(shop, seller, epay):
     refunds = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"]
     assert refunds[0]["status"] == "requested" and refunds[0]["attempts"] == 1 and "HTTPError" in refunds[0]["error"]
     assert epay.refunds == []
+
+
+def test_a_gateway_that_never_answers_fails_the_refund_after_every_backoff_and_a_retry_keeps_its_number(
+        shop, seller, epay):
+    from datetime import timedelta
+
+    from services.delivery import domain
+    from shared.events import utcnow
+    merchant, pid = seller
+    order = shop.order_with("epay", pid)
+    epay.open(order["payment"]["pay_url"])
+    epay.pay(order["order_no"])
+    shop.drain()
+    epay.fail_refunds = 100
+    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"reason": "bad"}, headers=merchant)
+    ctx = shop.system.apps["delivery"].extensions["linkshop"]
+    clock = {"now": utcnow()}
+    for _ in domain.REFUND_BACKOFF_S:
+        assert domain.send_refunds(ctx.db, ctx.extra["providers"], now_fn=lambda: clock["now"]) == 1
+        clock["now"] += timedelta(hours=2)
+    refund = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"][0]
+    assert refund["status"] == "failed" and refund["attempts"] == len(domain.REFUND_BACKOFF_S)
+    assert shop.metric("linkshop_provider_refunds_total", provider="epay", outcome="failed") >= 1
+    epay.fail_refunds = 0
+    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refunds/{refund['refund_id']}/retry",
+                           headers=shop.admin)
+    assert r.status_code == 200 and r.json["refund_no"] == refund["refund_no"]  # it may have been made: same number
+    shop.jobs()
+    assert shop.refund_status(order, merchant) == ["succeeded"] and len(epay.refunds) == 1
+    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refunds/{refund['refund_id']}/retry",
+                           headers=merchant)
+    assert r.status_code == 409 and r.json["error"]["code"] == "not_failed"
