@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -14,9 +14,10 @@ from shared.openapi import documented
 from shared.pagination import paginate
 from shared.web import ctx
 
-from . import domain, ledger
+from . import domain, exports, ledger
 from .models import PayoutOrder, Withdrawal, idempotency
-from .schemas import OWNER, DecisionSchema, PageSchema, WithdrawalListSchema, WithdrawalSchema
+from .schemas import (OWNER, DecisionSchema, FailedSchema, PageSchema, PaidSchema, WithdrawalListSchema,
+                      WithdrawalSchema)
 
 bp = Blueprint("payout", __name__, url_prefix="/payout/v1")
 OWNER_RE = re.compile(OWNER)
@@ -97,7 +98,8 @@ def create_withdrawal():
         with c.db.write() as s:
             if stored := idem.replay(s, idempotency, scope, key, digest):
                 return jsonify(stored[0]), stored[1]
-            w = domain.request_withdrawal(s, cfg, owner, data["amount_cents"], data["destination"], dest_hash, utcnow())
+            w = domain.request_withdrawal(s, cfg, owner, data["amount_cents"], data["destination"], dest_hash, utcnow(),
+                                          payee_name=data.get("payee_name"))
             body = domain.withdrawal_view(w)
             idem.remember(s, idempotency, scope, key, digest, body, 201)
     except IntegrityError:  # the same key raced us and won: answer as it did
@@ -125,6 +127,10 @@ def list_withdrawals():
             query = query.where(Withdrawal.owner == owner)
         if args["status"]:
             query = query.where(Withdrawal.status == args["status"])
+        if args["method"]:
+            query = query.where(Withdrawal.method == args["method"])
+        if args["batch_id"]:
+            query = query.where(Withdrawal.batch_id == args["batch_id"])
         return jsonify(paginate(s, query.order_by(Withdrawal.requested_at, Withdrawal.id), args,
                                 domain.withdrawal_view))
 
@@ -168,3 +174,67 @@ def decide(withdrawal_id, decision):
         else:
             domain.reject(s, w, "admin", utcnow(), reasons or ["rejected by the operator"])
         return jsonify(domain.withdrawal_view(w))
+
+
+# -- paying out by an exported batch (LINKSHOP_PAYOUT_METHOD=export) ------------------------------
+
+def _batch_file(batch_id: str, withdrawals) -> Response:
+    return Response(exports.batch_csv(withdrawals), content_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="linkshop-withdrawals-{batch_id}.csv"',
+                             "X-Batch-Id": batch_id, "X-Batch-Count": str(len(withdrawals)),
+                             "Cache-Control": "no-store"})  # payees' accounts: kept by no cache
+
+
+@bp.post("/withdrawals/export")
+@documented(summary="Export every approved withdrawal as one batch file (admin): marks them sending",
+            responses={200: "the batch, CSV in Alipay's batch transfer columns"})
+def export_withdrawals():
+    """A POST because it changes them: each approved withdrawal (up to 1000, the oldest first)
+    is now ``sending`` in a new batch (``X-Batch-Id``), its money in flight, until the
+    operator marks it paid or failed. ``GET /withdrawals/export/<batch>`` gives the same file again."""
+    c = ctx()
+    require_admin(c.settings.admin_token)
+    with c.db.write() as s:
+        batch_id, withdrawals = domain.export_batch(s, _config(), utcnow())
+        response = _batch_file(batch_id, withdrawals)
+    return response
+
+
+@bp.get("/withdrawals/export/<batch_id>")
+@documented(summary="An exported batch's file again, unchanged (admin)")
+def get_batch(batch_id):
+    c = ctx()
+    require_admin(c.settings.admin_token)
+    with c.db.read() as s:
+        withdrawals = domain.batch_withdrawals(s, batch_id)
+        if not withdrawals:
+            raise not_found("batch")
+        return _batch_file(batch_id, withdrawals)
+
+
+def _settle(withdrawal_id: str, **word):
+    c = ctx()
+    with c.db.write() as s:
+        w = s.get(Withdrawal, withdrawal_id, with_for_update=True)
+        if w is None:
+            raise not_found("withdrawal")
+        domain.settle_exported(s, w, utcnow(), **word)
+        return jsonify(domain.withdrawal_view(w))
+
+
+@bp.post("/withdrawals/<withdrawal_id>/paid")
+@documented(body=PaidSchema, summary="Mark an exported withdrawal paid, with its reference (admin)")
+def mark_paid(withdrawal_id):
+    """409 ``not_sending`` unless it is in an exported batch; the same reference again: 200,
+    nothing posted twice; another reference: 409 ``already_paid``."""
+    require_admin(ctx().settings.admin_token)
+    data = load_json(PaidSchema())
+    return _settle(withdrawal_id, external_ref=data["external_ref"])
+
+
+@bp.post("/withdrawals/<withdrawal_id>/failed")
+@documented(body=FailedSchema, summary="Mark an exported withdrawal failed: its money returns to the owner (admin)")
+def mark_failed(withdrawal_id):
+    require_admin(ctx().settings.admin_token)
+    data = load_json(FailedSchema())
+    return _settle(withdrawal_id, failure=data["reason"])

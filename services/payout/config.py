@@ -2,13 +2,39 @@
 
 The kernel's ``Settings`` is shared by every service and does not carry the raw environment,
 so payout reads its own variables from ``os.environ`` (or the mapping it is given).
+
+How withdrawals leave (``LINKSHOP_PAYOUT_METHOD``):
+
+- ``sandbox``: paid at once with pretend money; only where the sandbox is on (embedded mode,
+  or ``LINKSHOP_SANDBOX_SECRET`` with ``LINKSHOP_SANDBOX_ENABLED``), and the default there.
+- ``alipay``: the worker sends each approved withdrawal by Alipay's transfer API, with the
+  settings delivery's Alipay payments use (one Secret for both), all or none:
+  ``LINKSHOP_ALIPAY_GATEWAY``, ``LINKSHOP_ALIPAY_APP_ID``, ``LINKSHOP_ALIPAY_PRIVATE_KEY``,
+  ``LINKSHOP_ALIPAY_PUBLIC_KEY``. The default without the sandbox when they are set.
+- ``export``: the operator downloads a batch file and marks each withdrawal paid or failed.
+  The default otherwise.
+
+Production never falls back to the sandbox: ``sandbox`` without it, or ``alipay`` without its
+settings, refuses to start.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.config import ConfigError, Settings
+
+PAYOUT_METHODS = ("sandbox", "alipay", "export")
+ALIPAY_SETTINGS = ("GATEWAY", "APP_ID", "PRIVATE_KEY", "PUBLIC_KEY")
+
+
+@dataclass(frozen=True)
+class AlipaySettings:
+    """Payout's half of the shop's Alipay app: the keys never show in a repr (or a log)."""
+    gateway: str
+    app_id: str
+    private_key: str = field(repr=False)
+    public_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -23,8 +49,8 @@ class PayoutConfig:
     risk_required: bool = False
     currency: str = "CNY"
     clearing_provider: str = "sandbox"
-    payout_provider: str = "sandbox"
-    sandbox_payouts: bool = True
+    payout_method: str = "sandbox"  # sandbox | alipay | export (PAYOUT_METHODS)
+    alipay: AlipaySettings | None = None  # set when payout_method is alipay
     release_interval_s: float = 5.0
     release_batch: int = 200
 
@@ -41,6 +67,42 @@ def _int(env, name: str, default: int, minimum: int = 0) -> int:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}")
     return value
+
+
+def _alipay_settings(env) -> AlipaySettings | None:
+    """All four or none (a half-configured app would sign what Alipay refuses, or trust
+    answers it cannot verify). The keys are read once here, so a bad one stops the start."""
+    from shared.alipay import load_private_key, load_public_key
+    values = {n: (env.get(f"LINKSHOP_ALIPAY_{n}") or "").strip() for n in ALIPAY_SETTINGS}
+    present = [n for n, v in values.items() if v]
+    if not present:
+        return None
+    if len(present) != len(ALIPAY_SETTINGS):
+        missing = [f"LINKSHOP_ALIPAY_{n}" for n in ALIPAY_SETTINGS if not values[n]]
+        raise ConfigError(f"{', '.join(missing)} must be set too, or none of LINKSHOP_ALIPAY_*")
+    for name, load in (("PRIVATE_KEY", load_private_key), ("PUBLIC_KEY", load_public_key)):
+        try:
+            load(values[name])
+        except Exception:  # never the key itself in the message
+            raise ConfigError(f"LINKSHOP_ALIPAY_{name} is not a readable RSA key (PEM, bare base64 or "
+                              f"a path to a PEM file)") from None
+    return AlipaySettings(values["GATEWAY"], values["APP_ID"], values["PRIVATE_KEY"], values["PUBLIC_KEY"])
+
+
+def _payout_method(settings: Settings, env, alipay: AlipaySettings | None) -> str:
+    sandbox = settings.sandbox_secret is not None
+    method = (env.get("LINKSHOP_PAYOUT_METHOD") or "").strip().lower()
+    if not method:
+        return "sandbox" if sandbox else "alipay" if alipay else "export"
+    if method not in PAYOUT_METHODS:
+        raise ConfigError(f"LINKSHOP_PAYOUT_METHOD must be one of {', '.join(PAYOUT_METHODS)}, not {method!r}")
+    if method == "sandbox" and not sandbox:
+        raise ConfigError("LINKSHOP_PAYOUT_METHOD=sandbox pays nobody: it needs the sandbox (embedded mode or "
+                          "LINKSHOP_SANDBOX_ENABLED); choose alipay or export")
+    if method == "alipay" and alipay is None:
+        raise ConfigError("LINKSHOP_PAYOUT_METHOD=alipay needs LINKSHOP_ALIPAY_GATEWAY, LINKSHOP_ALIPAY_APP_ID, "
+                          "LINKSHOP_ALIPAY_PRIVATE_KEY and LINKSHOP_ALIPAY_PUBLIC_KEY")
+    return method
 
 
 def load_config(settings: Settings, env=None) -> PayoutConfig:
@@ -65,6 +127,8 @@ def load_config(settings: Settings, env=None) -> PayoutConfig:
         interval = float(env.get("LINKSHOP_RELEASE_INTERVAL_S", 5.0))
     except ValueError:
         raise ConfigError("LINKSHOP_RELEASE_INTERVAL_S must be a number") from None
+    alipay = _alipay_settings(env)
+    method = _payout_method(settings, env, alipay)
     return PayoutConfig(
         hold_seconds=hold,
         refund_window_seconds=window,
@@ -75,6 +139,7 @@ def load_config(settings: Settings, env=None) -> PayoutConfig:
         auto_approve_cents=_int(env, "LINKSHOP_WITHDRAWAL_AUTO_APPROVE_CENTS", 50_000),
         risk_required=settings.risk_required,
         currency=currency,
-        sandbox_payouts=settings.sandbox_secret is not None,
+        payout_method=method,
+        alipay=alipay if method == "alipay" else None,
         release_interval_s=interval,
     )

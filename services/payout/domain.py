@@ -20,6 +20,20 @@ with no extra bookkeeping, and no withdrawal is possible while available (minus 
 reserved for withdrawals in flight) is below zero. A full refund therefore nets every
 account's postings for that order to zero, pending and available alike (design §8.7).
 
+Withdrawals
+-----------
+A request reserves amount + fee on the owner's available account (nothing is posted yet), so
+it cannot be spent twice. How an approved withdrawal is paid is ``LINKSHOP_PAYOUT_METHOD``:
+
+- ``sandbox`` (embedded mode): paid at once, one entry ``available → payouts:sandbox +
+  platform:withdrawal_fees``, as it always was.
+- ``alipay`` and ``export``: three steps, each its own entry. *Sending* (a transfer sent, or
+  the withdrawal in an exported batch): ``available → payouts:in_flight`` (amount + fee) and
+  the reservation released. *Paid*: ``payouts:in_flight → payouts:<method>`` (amount) +
+  ``platform:withdrawal_fees`` (fee). *Failed*: ``payouts:in_flight →`` the owner's available
+  account, all of it, so the distributor can withdraw again. Each step happens once (its entry
+  key is the withdrawal's and the step's), whoever reports it and however often.
+
 Risk
 ----
 A flagged user's share is not released until risk clears it. A flag that arrives after the
@@ -47,10 +61,16 @@ from . import ledger
 from .config import PayoutConfig
 from .models import (Account, Entry, Merchant, MerchantKey, PayoutOrder, Posting, RiskFlag, Share, Withdrawal,
                      outbox)
+from .transfers import TransferOrder, TransferOutcome
 
 PLATFORM_FEES = "platform:fees"
 WITHDRAWAL_FEES = "platform:withdrawal_fees"
+IN_FLIGHT = "payouts:in_flight"  # withdrawals sent (a transfer, an exported batch), not yet paid or failed
 MERCHANT_LEVEL = 0
+# A transfer without a final answer is asked about again this long after each attempt
+# (the last repeats): Alipay settles most within seconds, a few within the hour.
+TRANSFER_CHECK_AFTER_S = (30, 60, 120, 300, 600)
+EXPORT_BATCH_MAX = 1000  # rows Alipay's batch transfer takes in one file
 
 
 class BadEvent(ValueError):
@@ -310,11 +330,11 @@ def destination_hash(secret: str, destination: str) -> str:
     return hmac.new(secret.encode(), b"linkshop.destination|" + normalised.encode(), hashlib.sha256).hexdigest()
 
 
-def _withdrawal_event(session: Session, w: Withdrawal, status: str) -> None:
+def _withdrawal_event(session: Session, w: Withdrawal, status: str, **extra) -> None:
     kind, _, who = w.owner.partition(":")
     payload = {"withdrawal_id": w.id, "owner": w.owner, "amount_cents": w.amount_cents, "fee_cents": w.fee_cents,
                "destination_hash": w.destination_hash, "requested_at": w.requested_at.isoformat(),
-               "status": status, "reasons": list(w.reasons or [])}
+               "status": status, "reasons": list(w.reasons or []), **extra}
     payload["user_id" if kind == "user" else "merchant_id"] = who
     outbox.add(session, f"payout.withdrawal.{status}", payload, w.id)
 
@@ -325,9 +345,14 @@ def spendable(session: Session, owner: str) -> int:
 
 
 def request_withdrawal(session: Session, cfg: PayoutConfig, owner: str, amount: int, destination: str,
-                       dest_hash: str, now: datetime) -> Withdrawal:
+                       dest_hash: str, now: datetime, payee_name: str | None = None) -> Withdrawal:
     """Reserve amount + fee at once with one conditional UPDATE whose row count decides:
-    two requests racing for the same money cannot both pass it."""
+    two requests racing for the same money cannot both pass it. Real money (Alipay's transfer,
+    a bank's or Alipay's batch) goes only to a named payee: Alipay checks the name against the
+    account (and requires it for a transfer to a logon id), so it is asked for up front."""
+    if cfg.payout_method != "sandbox" and not (payee_name or "").strip():
+        raise Invalid("the payee's real name is required to pay a withdrawal out",
+                      {"payee_name": ["the name on the receiving account is required"]}, code="payee_name_required")
     if amount < cfg.withdrawal_min_cents:
         raise Invalid(f"the minimum withdrawal is {cfg.withdrawal_min_cents} cents",
                       {"amount_cents": [f"must be at least {cfg.withdrawal_min_cents}"]}, code="below_minimum")
@@ -348,7 +373,7 @@ def request_withdrawal(session: Session, cfg: PayoutConfig, owner: str, amount: 
                       {"amount_cents": [f"amount + fee = {total} cents is more than available"]}, code="insufficient_funds")
     w = Withdrawal(id=f"wd_{secrets.token_hex(8)}", owner=owner, account=name, amount_cents=amount, fee_cents=fee,
                    destination=destination, destination_hash=dest_hash, status="requested", reasons=[],
-                   requested_at=now)
+                   requested_at=now, payee_name=(payee_name or "").strip() or None, attempts=0)
     session.add(w)
     session.flush()
     _withdrawal_event(session, w, "requested")
@@ -410,23 +435,183 @@ def apply_assessment(session: Session, p: dict, at: datetime, now: datetime) -> 
         approve(session, w, "risk", now, reasons)
 
 
+def payout_account(method: str) -> str:
+    """Where paid withdrawals' money is booked, by how it left: ``payouts:alipay``..."""
+    return ledger.account("payouts", method)
+
+
 def pay(session: Session, cfg: PayoutConfig, w: Withdrawal, now: datetime) -> None:
     """The sandbox provider paid: available (its reservation) → payouts + withdrawal fee."""
     total = w.amount_cents + w.fee_cents
     ledger.post(session, f"withdrawal:{w.id}", "withdrawal",
-                [(w.account, -total), (ledger.account("payouts", cfg.payout_provider), w.amount_cents),
+                [(w.account, -total), (payout_account("sandbox"), w.amount_cents),
                  (WITHDRAWAL_FEES, w.fee_cents)], now=now, withdrawal_id=w.id)
     _unreserve(session, w)
-    w.status, w.paid_at = "paid", now
-    _withdrawal_event(session, w, "paid")
+    w.status, w.paid_at, w.method = "paid", now, "sandbox"
+    _withdrawal_event(session, w, "paid", method="sandbox", external_ref=None, paid_at=now.isoformat())
 
 
 def pay_approved(session: Session, cfg: PayoutConfig, now: datetime, limit: int = 100) -> int:
+    """The sandbox's job; anywhere else real money must leave, so it pays nothing."""
+    if cfg.payout_method != "sandbox":
+        return 0
     rows = session.scalars(select(Withdrawal).where(Withdrawal.status == "approved")
                            .order_by(Withdrawal.requested_at).limit(limit).with_for_update()).all()
     for w in rows:
         pay(session, cfg, w, now)
     return len(rows)
+
+
+def _scrubbed(w: Withdrawal, text: str | None) -> str | None:
+    """A reason kept on the withdrawal and sent in its events never quotes the payee."""
+    if not text:
+        return None
+    for secret in (w.destination, w.payee_name):
+        if secret:
+            text = text.replace(secret, "…")
+    return text[:300]
+
+
+def start_sending(session: Session, w: Withdrawal, method: str, now: datetime, batch_id: str | None = None) -> None:
+    """approved → sending: the reservation becomes a posting ``available → payouts:in_flight``
+    (amount + fee), in the transaction that commits before the money is sent."""
+    if w.status != "approved":
+        raise Conflict(f"the withdrawal is {w.status}, not approved", code="not_approved")
+    total = w.amount_cents + w.fee_cents
+    ledger.post(session, f"withdrawal:{w.id}:sending", "withdrawal_sending",
+                [(w.account, -total), (IN_FLIGHT, total)], now=now, withdrawal_id=w.id)
+    _unreserve(session, w)
+    w.status, w.method, w.batch_id, w.sent_at = "sending", method, batch_id, now
+    _withdrawal_event(session, w, "sending", method=method, batch_id=batch_id, sent_at=now.isoformat())
+
+
+def mark_paid(session: Session, w: Withdrawal, external_ref: str | None, now: datetime) -> bool:
+    """sending → paid: ``payouts:in_flight → payouts:<method>`` (amount) + the withdrawal fee.
+    Told again with the same reference: nothing changes (False)."""
+    if w.status == "paid" and w.method in ("alipay", "export") and w.external_ref == external_ref:
+        return False
+    if w.status == "paid":
+        raise Conflict("the withdrawal was paid with another reference", code="already_paid")
+    if w.status != "sending":
+        raise Conflict(f"the withdrawal is {w.status}, not sending", code="not_sending")
+    ledger.post(session, f"withdrawal:{w.id}:paid", "withdrawal_paid",
+                [(IN_FLIGHT, -(w.amount_cents + w.fee_cents)), (payout_account(w.method), w.amount_cents),
+                 (WITHDRAWAL_FEES, w.fee_cents)], now=now, withdrawal_id=w.id)
+    w.status, w.paid_at, w.external_ref, w.last_error, w.next_attempt_at = "paid", now, external_ref, None, None
+    _withdrawal_event(session, w, "paid", method=w.method, external_ref=external_ref, paid_at=now.isoformat())
+    return True
+
+
+def mark_failed(session: Session, w: Withdrawal, reason: str, now: datetime) -> bool:
+    """sending → failed: ``payouts:in_flight →`` the owner's available account, amount and
+    fee, so the distributor can withdraw it again. Told again: nothing changes (False)."""
+    if w.status == "failed":
+        return False
+    if w.status != "sending":
+        raise Conflict(f"the withdrawal is {w.status}, not sending", code="not_sending")
+    total = w.amount_cents + w.fee_cents
+    ledger.post(session, f"withdrawal:{w.id}:failed", "withdrawal_failed",
+                [(IN_FLIGHT, -total), (w.account, total)], now=now, withdrawal_id=w.id)
+    w.status, w.failed_at, w.next_attempt_at = "failed", now, None
+    w.last_error = _scrubbed(w, reason) or "failed"
+    _withdrawal_event(session, w, "failed", method=w.method, reason=w.last_error, failed_at=now.isoformat())
+    return True
+
+
+# -- paid by Alipay's transfer (transfers.py speaks to Alipay, worker.py calls it) ----------------
+
+def _transfer_order(w: Withdrawal) -> TransferOrder:
+    return TransferOrder(w.id, w.amount_cents, w.destination, w.payee_name)
+
+
+def _check_after(attempts: int) -> timedelta:
+    return timedelta(seconds=TRANSFER_CHECK_AFTER_S[min(max(attempts, 1), len(TRANSFER_CHECK_AFTER_S)) - 1])
+
+
+def start_transfers(session: Session, cfg: PayoutConfig, now: datetime, limit: int = 20) -> list[TransferOrder]:
+    """approved → sending for Alipay's transfer, committed before any transfer is sent: if the
+    answer (or the process) is lost, the withdrawal is still ``sending``, its money in flight,
+    and ``transfers_to_check`` finds it; nothing sends it under another ``out_biz_no``."""
+    if cfg.payout_method != "alipay":
+        return []
+    rows = session.scalars(select(Withdrawal).where(Withdrawal.status == "approved")
+                           .order_by(Withdrawal.requested_at, Withdrawal.id).limit(limit)
+                           .with_for_update(skip_locked=True)).all()  # SQLite: one writer anyway
+    for w in rows:
+        start_sending(session, w, "alipay", now)
+        w.attempts, w.next_attempt_at = 1, now + _check_after(1)
+    return [_transfer_order(w) for w in rows]
+
+
+def transfers_to_check(session: Session, now: datetime, limit: int = 20) -> list[TransferOrder]:
+    """Transfers still without a final answer whose time to ask again has come, each counted
+    as an attempt and given its next time now (so two workers do not ask at once)."""
+    rows = session.scalars(select(Withdrawal).where(Withdrawal.status == "sending", Withdrawal.method == "alipay",
+                                                    Withdrawal.next_attempt_at <= now)
+                           .order_by(Withdrawal.next_attempt_at, Withdrawal.id).limit(limit)
+                           .with_for_update(skip_locked=True)).all()
+    for w in rows:
+        w.attempts += 1
+        w.next_attempt_at = now + _check_after(w.attempts)
+    return [_transfer_order(w) for w in rows]
+
+
+def record_transfer(session: Session, withdrawal_id: str, outcome: TransferOutcome, now: datetime) -> str:
+    """What Alipay said about a withdrawal's transfer: paid, failed, or nothing final yet (kept
+    as ``last_error``; asked again at ``next_attempt_at``). Returns the withdrawal's status."""
+    w = session.get(Withdrawal, withdrawal_id, with_for_update=True)
+    if w is None:
+        return "unknown"
+    if w.status != "sending" or w.method != "alipay":
+        return w.status  # settled by an earlier answer
+    if outcome.status == "paid":
+        mark_paid(session, w, outcome.external_ref, now)
+    elif outcome.status == "failed":
+        mark_failed(session, w, outcome.reason or "refused by Alipay", now)
+    else:
+        w.last_error = _scrubbed(w, outcome.reason) or "no answer from Alipay yet"
+    return w.status
+
+
+# -- paid by an exported batch (the operator uploads it, then says how each went) -----------------
+
+def export_batch(session: Session, cfg: PayoutConfig, now: datetime,
+                 limit: int = EXPORT_BATCH_MAX) -> tuple[str, list[Withdrawal]]:
+    """Every approved withdrawal (up to ``limit``, the oldest first) → sending, in one new
+    batch; returns the batch id and its withdrawals, for the file (exports.py)."""
+    if cfg.payout_method != "export":
+        raise Conflict(f"withdrawals are paid by {cfg.payout_method} here, not exported", code="not_export_method")
+    rows = session.scalars(select(Withdrawal).where(Withdrawal.status == "approved")
+                           .order_by(Withdrawal.requested_at, Withdrawal.id).limit(limit)
+                           .with_for_update(skip_locked=True)).all()
+    batch_id = f"bt_{now.astimezone(timezone.utc):%Y%m%d%H%M%S}_{secrets.token_hex(4)}"
+    for w in rows:
+        start_sending(session, w, "export", now, batch_id)
+    return batch_id, list(rows)
+
+
+def batch_withdrawals(session: Session, batch_id: str) -> list[Withdrawal]:
+    """An exported batch's withdrawals in the file's order (to download it again)."""
+    return list(session.scalars(select(Withdrawal).where(Withdrawal.batch_id == batch_id)
+                                .order_by(Withdrawal.requested_at, Withdrawal.id)))
+
+
+def _exported(w: Withdrawal) -> None:
+    if w.status not in ("sending", "paid", "failed"):
+        raise Conflict(f"the withdrawal is {w.status}, not sending", code="not_sending")
+    if w.method != "export":
+        raise Conflict(f"the withdrawal was sent by {w.method}, which reports how it went itself",
+                       code="not_exported")
+
+
+def settle_exported(session: Session, w: Withdrawal, now: datetime, *, external_ref: str | None = None,
+                    failure: str | None = None) -> bool:
+    """The operator's word on one exported withdrawal: paid (with the bank's or Alipay's
+    reference) or failed (why). Repeating the same word changes nothing (False)."""
+    _exported(w)
+    if failure is not None:
+        return mark_failed(session, w, failure, now)
+    return mark_paid(session, w, external_ref, now)
 
 
 def oldest_review_seconds(session: Session, now: datetime) -> float:
@@ -507,4 +692,7 @@ def withdrawal_view(w: Withdrawal) -> dict:
             "reasons": list(w.reasons or []), "decided_by": w.decided_by,
             "requested_at": w.requested_at.isoformat(),
             "decided_at": w.decided_at.isoformat() if w.decided_at else None,
-            "paid_at": w.paid_at.isoformat() if w.paid_at else None}
+            "paid_at": w.paid_at.isoformat() if w.paid_at else None,
+            "method": w.method, "batch_id": w.batch_id, "external_ref": w.external_ref, "attempts": w.attempts or 0,
+            "last_error": w.last_error, "sent_at": w.sent_at.isoformat() if w.sent_at else None,
+            "failed_at": w.failed_at.isoformat() if w.failed_at else None}

@@ -156,16 +156,25 @@ class RiskFlag(Base):
 
 class Withdrawal(Base):
     """requested → approved | review | rejected; review → approved | rejected;
-    approved → paid (the sandbox provider) | rejected | review (risk spoke late)."""
+    approved → rejected | review (risk spoke late) | sending | paid (the sandbox, at once);
+    sending → paid | failed.
+
+    ``sending``: the money is on its way and out of the owner's hands: a transfer was sent
+    (``method`` alipay, asked about again at ``next_attempt_at`` until Alipay says paid or
+    failed) or the withdrawal is in an exported batch (``method`` export, ``batch_id``) that
+    the operator marks paid (with the bank's or Alipay's ``external_ref``) or failed. A failed
+    withdrawal's money is back in the owner's available balance."""
     __tablename__ = "withdrawals"
     __table_args__ = (Index("ix_withdrawals_status", "status", "requested_at"),
-                      Index("ix_withdrawals_owner", "owner", "requested_at"))
+                      Index("ix_withdrawals_owner", "owner", "requested_at"),
+                      Index("ix_withdrawals_batch", "batch_id"))
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(100))
     account: Mapped[str] = mapped_column(String(120))
     amount_cents: Mapped[int] = mapped_column(Cents)
     fee_cents: Mapped[int] = mapped_column(Cents)
     destination: Mapped[str] = mapped_column(String(200))  # never in an event or a log line
+    payee_name: Mapped[str | None] = mapped_column(String(100), nullable=True)  # neither is this
     destination_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     reasons: Mapped[list] = mapped_column(JSON, default=list)
@@ -175,3 +184,12 @@ class Withdrawal(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     review_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # -- paying it out ---------------------------------------------------------------------
+    method: Mapped[str | None] = mapped_column(String(16), nullable=True)  # sandbox | alipay | export
+    batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # export's batch
+    external_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)  # Alipay's order id, a bank's ref
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # calls to the provider
+    last_error: Mapped[str | None] = mapped_column(String(300), nullable=True)  # or why it failed
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
