@@ -48,8 +48,8 @@ from urllib.parse import quote
 
 from shared.config import ConfigError
 
-from . import (TIMEOUT, Answer, BadNotice, Checkout, IgnoredNotice, Notice, NoticeRequest, PaymentStart, Provider, ProviderError,
-               RefundRequest, RefundResult, SignatureError, settings_of)
+from . import (TIMEOUT, Answer, BadNotice, Checkout, IgnoredNotice, Notice, NoticeRequest, PaymentStart, Provider,
+               ProviderError, RefundRequest, RefundResult, SignatureError, settings_of)
 
 API_BASE = "https://api.stripe.com"
 API_VERSION = "2026-10-28.endive"  # the version stripe-python 16.1.0 pins; the fields read here are in it

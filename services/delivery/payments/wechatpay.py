@@ -47,8 +47,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.config import ConfigError
 
-from . import (TIMEOUT, Answer, BadNotice, Checkout, Notice, NoticeRequest, PaymentStart, Provider, ProviderError,
-               RefundRequest, RefundResult, SignatureError, pem_setting, settings_of)
+from . import (TIMEOUT, Answer, BadNotice, Checkout, IgnoredNotice, Notice, NoticeRequest, PaymentStart, Provider,
+               ProviderError, RefundRequest, RefundResult, SignatureError, pem_setting, settings_of)
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 CLOCK_SKEW_S = 300  # WeChat Pay's own SDKs refuse a signature older (or newer) than this
@@ -183,10 +183,11 @@ class WechatpayProvider(Provider):
             raise BadNotice({"_body": ["not JSON"]}) from None
         if not isinstance(envelope, dict):
             raise BadNotice({"_body": ["not an object"]})
-        # Only payment notices come to a payment's notify_url; a refund's (sent to an address
-        # configured in the merchant platform) carries no trade_state and is not ours to take.
+        # Only payment notices pay an order. Another genuine event (a refund's, when the merchant
+        # platform points its refund callback here) is acknowledged, or WeChat Pay resends it
+        # for a day.
         if not str(envelope.get("event_type") or "").startswith("TRANSACTION."):
-            raise BadNotice({"event_type": ["not a payment notice"]})
+            raise IgnoredNotice(f"{str(envelope.get('event_type'))[:60]} is not a payment notice")
         try:
             transaction = json.loads(decrypt_resource(self._apiv3_key, envelope.get("resource")))
         except ValueError:  # UnicodeDecodeError too
