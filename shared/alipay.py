@@ -33,26 +33,28 @@ class AlipayUnavailable(Exception):
     badly signed, not JSON): worth asking again later. Never carries a key."""
 
 
-def _pem(value: str, private: bool) -> bytes:
-    """A key as Alipay's console gives it (bare base64), or PEM text (``\\n`` may stand for
-    newlines), or a path to a PEM file."""
+def _pem_or_der(value: str) -> tuple[bytes, bool]:
+    """A key as Alipay's console and key tool give it (bare base64 DER), or PEM text (``\\n``
+    may stand for newlines), or a path to a PEM file: (bytes, is_pem)."""
     value = value.strip()
-    if "-----BEGIN" not in value and not value.startswith(("/", ".")):
-        kind = "PRIVATE KEY" if private else "PUBLIC KEY"
-        body = "\n".join(value[i:i + 64] for i in range(0, len(value), 64))
-        return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n".encode()
     if "-----BEGIN" in value:
-        return value.replace("\\n", "\n").encode()
-    with open(value, "rb") as f:
-        return f.read()
+        return value.replace("\\n", "\n").encode(), True
+    if value.startswith(("/", ".")):
+        with open(value, "rb") as f:
+            return f.read(), True
+    return base64.b64decode(value), False
 
 
 def load_private_key(value: str):
-    return serialization.load_pem_private_key(_pem(value, True), password=None)
+    """PKCS#8 or PKCS#1 (Alipay's key tool writes PKCS#1 for languages other than Java)."""
+    data, pem = _pem_or_der(value)
+    load = serialization.load_pem_private_key if pem else serialization.load_der_private_key
+    return load(data, password=None)
 
 
 def load_public_key(value: str):
-    return serialization.load_pem_public_key(_pem(value, False))
+    data, pem = _pem_or_der(value)
+    return serialization.load_pem_public_key(data) if pem else serialization.load_der_public_key(data)
 
 
 def content(params: dict, exclude=("sign",)) -> str:
@@ -119,11 +121,11 @@ class AlipayClient:
         """Where to send the buyer for a page or WAP payment (a GET to the gateway)."""
         return f"{self.gateway}?{urlencode(self.signed(method, biz, **extra))}"
 
-    def call(self, method: str, biz: dict) -> dict:
+    def call(self, method: str, biz: dict, **extra) -> dict:
         """The verified response object of an API call (``code`` says how it went), or
-        ``AlipayUnavailable``."""
+        ``AlipayUnavailable``. ``extra``: public parameters (``notify_url``)."""
         try:
-            answer = self._http.post(self.gateway, data=self.signed(method, biz), timeout=TIMEOUT)
+            answer = self._http.post(self.gateway, data=self.signed(method, biz, **extra), timeout=TIMEOUT)
             answer.raise_for_status()
             raw = answer.content.decode("utf-8")
             signed = json.loads(raw)

@@ -18,7 +18,9 @@ def open_database(settings: Settings) -> Database:
 def create_app(settings: Settings | None = None, db: Database | None = None, bus=None,
                config: PayoutConfig | None = None):
     settings = settings or load_settings(SERVICE)
-    config = config or load_config(settings)  # refuses to start if the hold is shorter than the refund window
+    # Refuses to start if the hold is shorter than the refund window. Alipay's keys are the
+    # worker's alone: the API sends no transfer.
+    config = config or load_config(settings, transfer_keys=False)
     db = db or open_database(settings)
     app = create_service_app(SERVICE, settings, db, outbox=outbox, bus=bus)
     app.extensions["linkshop"].extra["config"] = config

@@ -10,9 +10,10 @@ How withdrawals leave (``LINKSHOP_PAYOUT_METHOD``):
 - ``alipay``: the worker sends each approved withdrawal by Alipay's transfer API, with the
   settings delivery's Alipay payments use (one Secret for both), all or none:
   ``LINKSHOP_ALIPAY_GATEWAY``, ``LINKSHOP_ALIPAY_APP_ID``, ``LINKSHOP_ALIPAY_PRIVATE_KEY``,
-  ``LINKSHOP_ALIPAY_PUBLIC_KEY``. The default without the sandbox when they are set.
+  ``LINKSHOP_ALIPAY_PUBLIC_KEY``, given to the worker alone. Chosen by name only, never
+  because the keys are there: the API (without them) must agree with the worker.
 - ``export``: the operator downloads a batch file and marks each withdrawal paid or failed.
-  The default otherwise.
+  The default without the sandbox.
 
 Production never falls back to the sandbox: ``sandbox`` without it, or ``alipay`` without its
 settings, refuses to start.
@@ -89,26 +90,29 @@ def _alipay_settings(env) -> AlipaySettings | None:
     return AlipaySettings(values["GATEWAY"], values["APP_ID"], values["PRIVATE_KEY"], values["PUBLIC_KEY"])
 
 
-def _payout_method(settings: Settings, env, alipay: AlipaySettings | None) -> str:
+def _payout_method(settings: Settings, env, alipay: AlipaySettings | None, transfer_keys: bool) -> str:
+    """Alipay transfers are chosen by name, never inferred from keys being there: the API,
+    which is not given the keys, must agree with the worker on the method."""
     sandbox = settings.sandbox_secret is not None
     method = (env.get("LINKSHOP_PAYOUT_METHOD") or "").strip().lower()
     if not method:
-        return "sandbox" if sandbox else "alipay" if alipay else "export"
+        return "sandbox" if sandbox else "export"
     if method not in PAYOUT_METHODS:
         raise ConfigError(f"LINKSHOP_PAYOUT_METHOD must be one of {', '.join(PAYOUT_METHODS)}, not {method!r}")
     if method == "sandbox" and not sandbox:
         raise ConfigError("LINKSHOP_PAYOUT_METHOD=sandbox pays nobody: it needs the sandbox (embedded mode or "
                           "LINKSHOP_SANDBOX_ENABLED); choose alipay or export")
-    if method == "alipay" and alipay is None:
+    if method == "alipay" and alipay is None and transfer_keys:
         raise ConfigError("LINKSHOP_PAYOUT_METHOD=alipay needs LINKSHOP_ALIPAY_GATEWAY, LINKSHOP_ALIPAY_APP_ID, "
                           "LINKSHOP_ALIPAY_PRIVATE_KEY and LINKSHOP_ALIPAY_PUBLIC_KEY")
     return method
 
 
-def load_config(settings: Settings, env=None) -> PayoutConfig:
+def load_config(settings: Settings, env=None, transfer_keys: bool = True) -> PayoutConfig:
     """Refuses to start (``ConfigError``) when the hold is shorter than the refund window:
     money released before the buyer can no longer refund is money that may have to be
-    clawed back from an account that already paid it out."""
+    clawed back from an account that already paid it out. ``transfer_keys=False``: for the
+    API, which sends no transfer and is not given Alipay's keys (the worker is)."""
     env = os.environ if env is None else env
     hold = settings.hold_seconds
     if hold < 0:
@@ -127,8 +131,8 @@ def load_config(settings: Settings, env=None) -> PayoutConfig:
         interval = float(env.get("LINKSHOP_RELEASE_INTERVAL_S", 5.0))
     except ValueError:
         raise ConfigError("LINKSHOP_RELEASE_INTERVAL_S must be a number") from None
-    alipay = _alipay_settings(env)
-    method = _payout_method(settings, env, alipay)
+    alipay = _alipay_settings(env) if transfer_keys else None
+    method = _payout_method(settings, env, alipay, transfer_keys)
     return PayoutConfig(
         hold_seconds=hold,
         refund_window_seconds=window,

@@ -64,3 +64,19 @@ def test_response_text_is_the_exact_signed_object():
     raw = '{"x_response":{"a":"}\\"{","b":{"c":1}},"sign":"s"}'
     assert alipay.response_text(raw, "x_response") == '{"a":"}\\"{","b":{"c":1}}'
     assert alipay.response_text('{"other":{}}', "x_response") is None
+
+
+def test_keys_load_as_alipay_gives_them_pem_or_bare_base64_pkcs8_or_pkcs1():
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.kit.fakes.alipay_gateway import new_key
+    key = new_key()
+    for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
+        pem = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()).decode()
+        for given in (base64.b64encode(der).decode(), pem, pem.replace("\n", "\\n")):
+            assert alipay.load_private_key(given).private_numbers() == key.private_numbers()
+    public = alipay.load_public_key(public_pem_body(key))
+    assert public.public_numbers() == key.public_key().public_numbers()

@@ -23,8 +23,6 @@ this app, from the console: bare base64 or PEM).
 """
 from __future__ import annotations
 
-import copy
-import functools
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
@@ -118,14 +116,9 @@ class AlipayProvider(Provider):
 
     def _call(self, method: str, biz: dict, **public) -> dict:
         """The verified answer of an API call; ``ProviderError`` when there is none to trust.
-        ``public``: public parameters (``notify_url``), which ``AlipayClient.call`` does not
-        take yet: the call is made by a copy of the client whose ``signed`` adds them."""
-        client = self.client
-        if public:
-            client = copy.copy(client)  # shallow: the same keys and HTTP session, one call's parameters
-            client.signed = functools.partial(self.client.signed, **public)
+        ``public``: public parameters (``notify_url``)."""
         try:
-            return client.call(method, biz)
+            return self.client.call(method, biz, **public)
         except AlipayUnavailable as exc:  # its message names the method and the failure, never a key
             raise ProviderError(str(exc)) from None
 
@@ -165,8 +158,7 @@ def _key(value: str, name: str, load, kind):
         key = load(value)
     except Exception as exc:  # ValueError, OSError, UnsupportedAlgorithm...: the key is unusable either way
         raise ConfigError(f"{name} is not a readable RSA key ({type(exc).__name__}): give PEM text, a path "
-                          "to a PEM file, or bare base64 (PKCS#8 for a private key, as Alipay's key tool writes "
-                          "it for Java; a PKCS#1 key needs its PEM armour)") from None
+                          "to a PEM file, or bare base64 as Alipay's key tool writes it (PKCS#8 or PKCS#1)") from None
     if not isinstance(key, kind):
         raise ConfigError(f"{name} is not an RSA key: Alipay's RSA2 signs with RSA")
     return key

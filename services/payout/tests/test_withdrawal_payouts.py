@@ -120,7 +120,11 @@ def test_payout_method_is_chosen_by_settings_and_production_never_gets_the_sandb
     assert method({**embedded, **alipay, "LINKSHOP_PAYOUT_METHOD": "alipay"}) == "alipay"
     assert method({**embedded, "LINKSHOP_SANDBOX_ENABLED": "false"}) == "export"
     assert method(real) == "export"
-    assert method({**real, **alipay}) == "alipay"
+    assert method({**real, **alipay}) == "export"  # Alipay transfers are chosen by name, not by keys
+    assert method({**real, **alipay, "LINKSHOP_PAYOUT_METHOD": "alipay"}) == "alipay"
+    # The API is not given the keys: it agrees with the worker on the method all the same.
+    api = load_config(load_settings("payout", real), {**real, "LINKSHOP_PAYOUT_METHOD": "alipay"}, transfer_keys=False)
+    assert api.payout_method == "alipay" and api.alipay is None
     assert method({**real, **alipay, "LINKSHOP_PAYOUT_METHOD": "Export"}) == "export"
     assert method({**real, "LINKSHOP_SANDBOX_SECRET": "s", "LINKSHOP_SANDBOX_ENABLED": "true"}) == "sandbox"  # dev
     for env, says in [
@@ -134,7 +138,8 @@ def test_payout_method_is_chosen_by_settings_and_production_never_gets_the_sandb
         with pytest.raises(ConfigError, match=says) as refused:
             method(env)
         assert "PRIVATE KEY-----" not in str(refused.value)
-    config = load_config(load_settings("payout", {**real, **alipay}), {**real, **alipay})
+    chosen = {**real, **alipay, "LINKSHOP_PAYOUT_METHOD": "alipay"}
+    config = load_config(load_settings("payout", chosen), chosen)
     assert "PRIVATE" not in repr(config) and config.alipay.app_id == "2021"
 
 
