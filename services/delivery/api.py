@@ -76,6 +76,10 @@ def _order_view(session, order: Order, with_keys: bool) -> dict:
         "delivered_at": order.delivered_at.isoformat() if order.delivered_at else None,
         "refunded_quantity": order.refunded_quantity, "refunded_cents": order.refunded_cents,
         "payment": {"provider": order.provider, "pay_type": order.pay_type},
+        # Each refund's way back through the provider: requested, succeeded or failed.
+        "refunds": [{"refund_id": r.id, "amount_cents": r.amount_cents, "quantity": r.quantity, "status": r.status}
+                    for r in session.scalars(select(Refund).where(Refund.order_no == order.order_no)
+                                             .order_by(Refund.id))] if order.refunded_cents else [],
     }
     if with_keys:
         delivered = order.delivered_at is not None

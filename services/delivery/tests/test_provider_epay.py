@@ -162,8 +162,10 @@ def test_refund_goes_through_the_gateway(shop, seller, epay):
                            headers=merchant)
     assert r.status_code == 201, r.json
     assert shop.refund_status(order, merchant) == ["requested"]
+    assert [r["status"] for r in shop.view(order)["refunds"]] == ["requested"]  # on the buyer's order too
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["succeeded"]
+    assert [(r["status"], r["amount_cents"]) for r in shop.view(order)["refunds"]] == [("succeeded", 1234)]
     assert len(epay.refunds) == 1
     sent = epay.refunds[0]
     assert sent["out_trade_no"] == order["order_no"] and Decimal(sent["money"]) == Decimal("12.34")
