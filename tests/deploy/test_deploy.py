@@ -889,3 +889,23 @@ def test_gunicorn_multiprocess_metrics_and_graceful_stop(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_prod_takes_real_payments_never_the_sandbox():
+    """Issue 13: the prod overlay turns the sandbox off, lists real providers (whose keys come
+    from the Secret linkshop-payments) and pays withdrawals by a real method."""
+    sys.path.insert(0, str(ROOT))
+    from services.delivery.payments import _registry
+    docs = rendered("prod")
+    (config,) = [cm for cm in of_kind(docs, "ConfigMap") if cm["metadata"]["name"].startswith("linkshop-config")]
+    data = config["data"]
+    assert data["LINKSHOP_SANDBOX_ENABLED"] == "false"
+    providers = data["LINKSHOP_PAYMENT_PROVIDERS"].split(",")
+    assert providers and "sandbox" not in providers and set(providers) <= set(_registry())
+    assert data.get("LINKSHOP_PAYOUT_METHOD") in ("alipay", "export")
+    for d in of_kind(docs, "Deployment"):
+        if d["metadata"]["name"] in ("delivery-api", "delivery-worker"):
+            env = _env(d["spec"]["template"]["spec"]["containers"][0])
+            for name in providers:
+                keys = [k for k in env if k.startswith(f"LINKSHOP_{name.upper()}_")]
+                assert keys and all(env[k]["valueFrom"]["secretKeyRef"]["name"] == "linkshop-payments" for k in keys)
