@@ -192,3 +192,19 @@ def test_a_provider_that_cannot_start_the_payment_is_502_and_the_keys_go_back(sh
     assert shop.delivery.get(f"/delivery/v1/products/{pid}/keys", headers=merchant).json["available"] == 1
     monkeypatch.undo()
     assert shop.order(pid).status_code == 201
+
+
+def test_epay_signs_the_string_a_published_example_spells_out():
+    """The epay-compatible gateway AliMPay (github.com/chanhanzhan/AliMPay, its 易支付/码支付
+    兼容性说明) publishes a signing example: these parameters and key give this string. (Its
+    printed digest, 2fbd7fec…, is not the MD5 of its own string, so the string is what we pin.)"""
+    import hashlib
+
+    from services.delivery.payments.epay import sign
+    params = {"pid": "1001001276912812", "type": "alipay", "out_trade_no": "TEST123456",
+              "notify_url": "http://example.com/notify", "return_url": "http://example.com/return",
+              "name": "测试商品", "money": "0.01", "sign_type": "MD5", "sign": "ignored", "param": ""}
+    published = ("money=0.01&name=测试商品&notify_url=http://example.com/notify&out_trade_no=TEST123456"
+                 "&pid=1001001276912812&return_url=http://example.com/return&type=alipay")
+    key = "f872e1c662d41cf218b5dfa8328ae455"
+    assert sign(params, key) == hashlib.md5((published + key).encode("utf-8")).hexdigest()
