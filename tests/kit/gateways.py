@@ -76,7 +76,8 @@ class FakeGateway:
 
 
 class PayingShop(Shop):
-    """A ``Shop`` reachable over HTTP at ``self.url``, with the providers ``env`` enables."""
+    """A ``Shop`` reachable over HTTP at ``self.url``, with the providers ``env`` enables, and
+    the steps the providers' tests share."""
 
     def __init__(self, tmp_path, backend=None, **env):
         self.server = LocalServer()
@@ -84,15 +85,60 @@ class PayingShop(Shop):
         self.server.app = self.system.wsgi
         self.url = self.server.url
 
+    def seller(self, title="月卡 & <Gold>", price_cents=1234, keys=("K1", "K2", "K3", "K4"), **fields):
+        """A merchant and a product of theirs with ``keys`` in stock: (merchant headers, product id)."""
+        merchant, _ = self.merchant()
+        pid = self.product(merchant, title=title, price_cents=price_cents, **fields)
+        self.import_keys(merchant, pid, list(keys))
+        return merchant, pid
+
+    def notices(self, provider, outcome):
+        return self.metric("linkshop_payment_notices_total", provider=provider, outcome=outcome)
+
+    # -- paying ------------------------------------------------------------------------------
     def order_with(self, provider, product_id, quantity=1, **extra):
         r = self.order(product_id, quantity, provider=provider, **extra)
         assert r.status_code == 201, r.json
         return r.json
 
-    def refund_status(self, order, merchant):
+    def paid_order(self, provider, gateway, product_id, answered, quantity=1):
+        """An order paid through ``gateway``: the buyer opens its pay page (where it has one) and
+        pays, the gateway's notice is ``answered`` (its list of answers read) and taken."""
+        order = self.order_with(provider, product_id, quantity)
+        if order["payment"]["pay_url"]:
+            assert gateway.open(order["payment"]["pay_url"]).status_code == 200
+        assert gateway.pay(order["order_no"]) == answered
+        self.drain()
+        return order
+
+    def check_payment(self, order, token=None):
+        """The buyer back from paying: the order's page asks the provider (``token``: not the order's own)."""
+        return self.delivery.post(f"/delivery/v1/orders/{order['order_no']}/payment/check"
+                                  f"?token={token or order['access_token']}")
+
+    # -- refunds -----------------------------------------------------------------------------
+    def refund(self, order, merchant, **body):
+        """The merchant asks for a refund (``body``: quantity, reason); the refund asked for."""
+        r = self.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json=body, headers=merchant)
+        assert r.status_code == 201, r.json
+        return r.json
+
+    def refunds(self, order, merchant):
         r = self.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant)
         assert r.status_code == 200, r.json
-        return [x["status"] for x in r.json["refunds"]]
+        return r.json["refunds"]
+
+    def refund_status(self, order, merchant):
+        return [x["status"] for x in self.refunds(order, merchant)]
+
+    def failed_refunds(self):
+        """The admin's list of refunds the provider did not make."""
+        r = self.delivery.get("/delivery/v1/refunds?status=failed", headers=self.admin)
+        assert r.status_code == 200, r.json
+        return r.json["refunds"]
+
+    def retry_refund(self, order, refund_id, headers):
+        return self.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refunds/{refund_id}/retry", headers=headers)
 
     def close(self):
         self.server.close()

@@ -13,7 +13,6 @@ from services.delivery.payments import alipay as provider_module
 from shared.config import ConfigError
 from tests.kit.fakes.alipay import FakeAlipay, biz_of, query_of
 from tests.kit.fakes.alipay_gateway import new_key, private_pem, public_pem_body, signing_text, verifies
-from tests.kit.gateways import PayingShop
 
 pytestmark = pytest.mark.commits
 
@@ -26,31 +25,17 @@ def gateway():
 
 
 @pytest.fixture
-def shop(backend, tmp_path, gateway):
-    shop = PayingShop(tmp_path, backend, LINKSHOP_PAYMENT_QUERY_AFTER_S=0, LINKSHOP_PAYMENT_QUERY_EVERY_S=0,
-                      **gateway.env())
-    yield shop
-    shop.close()
+def shop(paying_shop):
+    return paying_shop
 
 
 @pytest.fixture
 def seller(shop):
-    merchant, _ = shop.merchant()
-    pid = shop.product(merchant, title="月卡 & <Gold> 1/2", price_cents=1234)
-    shop.import_keys(merchant, pid, ["K1", "K2", "K3", "K4"])
-    return merchant, pid
-
-
-def notices(shop, outcome):
-    return shop.metric("linkshop_payment_notices_total", provider="alipay", outcome=outcome)
+    return shop.seller(title="月卡 & <Gold> 1/2")
 
 
 def paid_order(shop, gateway, product_id, quantity=1):
-    order = shop.order_with("alipay", product_id, quantity=quantity)
-    assert gateway.open(order["payment"]["pay_url"]).status_code == 200
-    assert gateway.pay(order["order_no"]) == [(200, "success")]
-    shop.drain()
-    return order
+    return shop.paid_order("alipay", gateway, product_id, [(200, "success")], quantity)
 
 
 def provider_for(gateway, **override):
@@ -113,9 +98,7 @@ def test_a_precreate_alipay_refuses_or_cannot_answer_is_a_502_and_the_order_aban
 
 
 def test_alipay_takes_only_yuan(shop, gateway):
-    merchant, _ = shop.merchant()
-    pid = shop.product(merchant, title="Card", price_cents=500, currency="USD")
-    shop.import_keys(merchant, pid, ["U1"])
+    _, pid = shop.seller(title="Card", price_cents=500, currency="USD", keys=["U1"])
     r = shop.order(pid, provider="alipay")
     assert r.status_code == 422 and r.json["error"]["code"] == "currency_not_supported"
 
@@ -126,16 +109,16 @@ def test_alipay_takes_only_yuan(shop, gateway):
 def test_paid_notice_delivers_and_is_answered_success(shop, seller, gateway, status):
     order = shop.order_with("alipay", seller[1], quantity=2)
     gateway.open(order["payment"]["pay_url"])
-    before = notices(shop, "delivered")
+    before = shop.notices("alipay", "delivered")
     assert gateway.pay(order["order_no"], trade_status=status) == [(200, "success")]
     shop.drain()
     view = shop.view(order)
     assert view["status"] == "delivered" and len(view["keys"]) == 2
-    assert notices(shop, "delivered") == before + 1
+    assert shop.notices("alipay", "delivered") == before + 1
     # Alipay resends: acknowledged again, nothing happens twice.
     url = gateway.payments[order["order_no"]]["notify_url"]
     assert gateway.notify(url, gateway.notice(order["order_no"], trade_status=status)) == [(200, "success")]
-    assert notices(shop, "replay") >= 1 and len(shop.view(order)["keys"]) == 2
+    assert shop.notices("alipay", "replay") >= 1 and len(shop.view(order)["keys"]) == 2
 
 
 def test_an_unpaid_status_is_taken_answered_success_and_pays_nothing(shop, seller, gateway):
@@ -144,10 +127,10 @@ def test_an_unpaid_status_is_taken_answered_success_and_pays_nothing(shop, selle
     gateway.payments[order["order_no"]]["trade_no"] = "2026010122001400000000000001"
     url = gateway.payments[order["order_no"]]["notify_url"]
     for status in ("WAIT_BUYER_PAY", "TRADE_CLOSED"):
-        before = notices(shop, "not_paid")
+        before = shop.notices("alipay", "not_paid")
         # Answered success, or Alipay would resend it for 25 hours.
         assert gateway.notify(url, gateway.notice(order["order_no"], trade_status=status)) == [(200, "success")]
-        assert notices(shop, "not_paid") == before + 1
+        assert shop.notices("alipay", "not_paid") == before + 1
     assert shop.view(order)["status"] == "pending"
 
 
@@ -170,10 +153,10 @@ def test_forgeries_are_refused_counted_and_change_nothing(shop, seller, gateway)
         ("unknown_order", gateway.notice("26120300000000000000", trade_status="TRADE_SUCCESS")),
     ]
     for outcome, params in cases:
-        before = notices(shop, outcome)
+        before = shop.notices("alipay", outcome)
         read = gateway.notify(url, params)
         assert set(read) == {(400, "fail")}, (outcome, read)
-        assert notices(shop, outcome) == before + len(read), outcome
+        assert shop.notices("alipay", outcome) == before + len(read), outcome
     r = shop.delivery.get(f"/delivery/v1/payments/alipay/notify?{'&'.join(f'{k}={v}' for k, v in genuine.items())}")
     assert r.status_code == 405  # Alipay's notices are form POSTs only
     assert shop.view(order)["status"] == "pending"
@@ -189,10 +172,10 @@ def test_a_sandbox_order_cannot_be_paid_by_an_alipay_notice(shop, seller, gatewa
     gateway.payments[sandbox_order["order_no"]] = dict(gateway.payments[alipay_order["order_no"]],
                                                        trade_no="2026010122001400000000000003",
                                                        status="TRADE_SUCCESS")
-    before = notices(shop, "wrong_provider")
+    before = shop.notices("alipay", "wrong_provider")
     read = gateway.notify(gateway.payments[alipay_order["order_no"]]["notify_url"],
                           gateway.notice(sandbox_order["order_no"]))
-    assert read[0] == (400, "fail") and notices(shop, "wrong_provider") == before + len(read)
+    assert read[0] == (400, "fail") and shop.notices("alipay", "wrong_provider") == before + len(read)
     assert shop.view(sandbox_order)["status"] == "pending"
 
 
@@ -203,10 +186,10 @@ def test_a_trade_number_paying_one_order_cannot_pay_another(shop, seller, gatewa
     gateway.pay(first["order_no"])
     gateway.payments[second["order_no"]].update(trade_no=gateway.payments[first["order_no"]]["trade_no"],
                                                 status="TRADE_SUCCESS")
-    before = notices(shop, "replay")
+    before = shop.notices("alipay", "replay")
     read = gateway.notify(gateway.payments[second["order_no"]]["notify_url"], gateway.notice(second["order_no"]))
     assert read == [(200, "success")]  # acknowledged (it was applied once), never applied twice
-    assert notices(shop, "replay") == before + 1
+    assert shop.notices("alipay", "replay") == before + 1
     shop.drain()
     assert shop.view(second)["status"] == "pending"
 
@@ -228,15 +211,14 @@ def test_a_lost_notice_is_found_by_the_query_job(shop, seller, gateway):
 
 def test_the_buyer_back_from_paying_triggers_the_query(shop, seller, gateway):
     order = shop.order_with("alipay", seller[1], pay_type="qr")
-    check = f"/delivery/v1/orders/{order['order_no']}/payment/check?token={order['access_token']}"
-    r = shop.delivery.post(check)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "pending"  # not scanned: ACQ.TRADE_NOT_EXIST
     gateway.payments[order["order_no"]]["trade_no"] = "2026010122001400000000000004"
-    r = shop.delivery.post(check)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "pending"  # scanned, WAIT_BUYER_PAY
     gateway.lose_notices = True
     gateway.pay(order["order_no"])
-    r = shop.delivery.post(check)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "delivered" and r.json["keys"]
 
 
@@ -265,11 +247,9 @@ def test_query_answers_mapped(gateway):
 def test_refund_goes_through_the_gateway(shop, seller, gateway):
     merchant, pid = seller
     order = paid_order(shop, gateway, pid, quantity=2)
-    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"quantity": 1, "reason": "bad"},
-                           headers=merchant)
-    assert r.status_code == 201, r.json
+    shop.refund(order, merchant, quantity=1, reason="bad")
     shop.jobs()
-    refunds = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"]
+    refunds = shop.refunds(order, merchant)
     assert [x["status"] for x in refunds] == ["succeeded"]
     assert len(gateway.refunds) == 1
     sent = gateway.refunds[0]
@@ -277,10 +257,10 @@ def test_refund_goes_through_the_gateway(shop, seller, gateway):
     assert sent["trade_no"] == gateway.payments[order["order_no"]]["trade_no"]
     assert sent["out_request_no"] == refunds[0]["refund_no"] and sent["refund_reason"] == "bad"
     # Alipay then notifies the partial refund with the payment's own trade number: a replay.
-    before = notices(shop, "replay")
+    before = shop.notices("alipay", "replay")
     read = gateway.notify(gateway.payments[order["order_no"]]["notify_url"], gateway.notice(
         order["order_no"], refund_fee="12.34", gmt_refund="2026-01-01 10:00:00", out_biz_no=sent["out_request_no"]))
-    assert read == [(200, "success")] and notices(shop, "replay") == before + 1
+    assert read == [(200, "success")] and shop.notices("alipay", "replay") == before + 1
 
 
 def test_a_refund_asked_again_is_made_once(shop, seller, gateway):
@@ -300,15 +280,14 @@ def test_a_refused_refund_is_failed_visible_and_can_be_retried(shop, seller, gat
     merchant, pid = seller
     order = paid_order(shop, gateway, pid)
     gateway.refuse_refunds = True
-    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"reason": "bad"}, headers=merchant)
+    shop.refund(order, merchant, reason="bad")
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["failed"]
-    failed = shop.delivery.get("/delivery/v1/refunds?status=failed", headers=shop.admin).json["refunds"]
+    failed = shop.failed_refunds()
     assert [f["order_no"] for f in failed] == [order["order_no"]]
     assert failed[0]["error"] == "ACQ.TRADE_NOT_ALLOW_REFUND 当前交易不允许退款"
     gateway.refuse_refunds = False
-    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refunds/{failed[0]['refund_id']}/retry",
-                           headers=merchant)
+    r = shop.retry_refund(order, failed[0]["refund_id"], merchant)
     assert r.status_code == 200 and r.json["status"] == "requested"
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["succeeded"] and len(gateway.refunds) == 1
@@ -318,9 +297,9 @@ def test_alipay_unavailable_is_retried_with_backoff(shop, seller, gateway):
     merchant, pid = seller
     order = paid_order(shop, gateway, pid)
     gateway.fail_refunds = 1
-    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"reason": "bad"}, headers=merchant)
+    shop.refund(order, merchant, reason="bad")
     shop.jobs()
-    refunds = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"]
+    refunds = shop.refunds(order, merchant)
     assert refunds[0]["status"] == "requested" and refunds[0]["attempts"] == 1 and "20000" in refunds[0]["error"]
     assert gateway.refunds == []
 

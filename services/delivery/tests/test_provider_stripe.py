@@ -11,44 +11,35 @@ from services.delivery.payments import BadNotice, NoticeRequest, SignatureError
 from services.delivery.payments import IgnoredNotice
 from services.delivery.payments.stripe import CURRENCIES, StripeProvider
 from tests.kit.fakes.stripe import FakeStripe, stripe_signature_header
-from tests.kit.gateways import PayingShop
 
 pytestmark = pytest.mark.commits
 
 
 @pytest.fixture
-def stripe():
-    gateway = FakeStripe()
-    yield gateway
-    gateway.close()
+def gateway():
+    stripe = FakeStripe()
+    yield stripe
+    stripe.close()
 
 
 @pytest.fixture
-def shop(backend, tmp_path, stripe):
-    shop = PayingShop(tmp_path, backend, LINKSHOP_PAYMENT_QUERY_AFTER_S=0, LINKSHOP_PAYMENT_QUERY_EVERY_S=0,
-                      **stripe.env())
-    stripe.webhook_url = f"{shop.url}/delivery/v1/payments/stripe/notify"  # the endpoint set on Stripe's dashboard
-    yield shop
-    shop.close()
+def stripe(gateway):
+    return gateway
+
+
+@pytest.fixture
+def shop(paying_shop, stripe):
+    stripe.webhook_url = f"{paying_shop.url}/delivery/v1/payments/stripe/notify"  # the endpoint set on its dashboard
+    return paying_shop
 
 
 @pytest.fixture
 def seller(shop):
-    merchant, _ = shop.merchant()
-    pid = shop.product(merchant, title="Gold card & <more>", price_cents=1234, currency="USD")
-    shop.import_keys(merchant, pid, ["K1", "K2", "K3", "K4"])
-    return merchant, pid
-
-
-def notices(shop, outcome):
-    return shop.metric("linkshop_payment_notices_total", provider="stripe", outcome=outcome)
+    return shop.seller(title="Gold card & <more>", currency="USD")
 
 
 def paid_order(shop, stripe, pid, quantity=1):
-    order = shop.order_with("stripe", pid, quantity=quantity)
-    assert stripe.pay(order["order_no"])[-1][0] == 200
-    shop.drain()
-    return order
+    return shop.paid_order("stripe", stripe, pid, [(200, read_ok("delivered"))], quantity)
 
 
 def test_the_order_opens_a_checkout_session_for_its_amount(shop, seller, stripe):
@@ -73,9 +64,7 @@ def test_the_order_opens_a_checkout_session_for_its_amount(shop, seller, stripe)
 
 
 def test_a_zero_decimal_currency_is_refused_when_ordering(shop, stripe):
-    merchant, _ = shop.merchant()
-    pid = shop.product(merchant, price_cents=120000, currency="JPY")
-    shop.import_keys(merchant, pid, ["K1"])
+    _, pid = shop.seller(title="Game card", price_cents=120000, currency="JPY", keys=["K1"])
     r = shop.order(pid, provider="stripe")
     assert r.status_code == 422 and r.json["error"]["code"] == "currency_not_supported"
     assert "JPY" not in CURRENCIES and stripe.sessions == {}
@@ -83,16 +72,16 @@ def test_a_zero_decimal_currency_is_refused_when_ordering(shop, stripe):
 
 def test_the_paid_event_delivers_and_is_acknowledged(shop, seller, stripe):
     order = shop.order_with("stripe", seller[1], quantity=2)
-    before = notices(shop, "delivered")
+    before = shop.notices("stripe", "delivered")
     read = stripe.pay(order["order_no"])
     assert [status for status, _ in read] == [200] and json.loads(read[0][1])["received"] is True
     shop.drain()
     view = shop.view(order)
     assert view["status"] == "delivered" and len(view["keys"]) == 2
-    assert notices(shop, "delivered") == before + 1
+    assert shop.notices("stripe", "delivered") == before + 1
     # Stripe resends (a lost answer): acknowledged again, nothing happens twice.
     assert stripe.notify(stripe.event(order["order_no"]))[-1][0] == 200
-    assert notices(shop, "replay") >= 1 and len(shop.view(order)["keys"]) == 2
+    assert shop.notices("stripe", "replay") >= 1 and len(shop.view(order)["keys"]) == 2
 
 
 def test_forgeries_are_refused_counted_and_change_nothing(shop, seller, stripe):
@@ -113,16 +102,16 @@ def test_forgeries_are_refused_counted_and_change_nothing(shop, seller, stripe):
         ("bad_signature", genuine, {"header": stripe_signature_header(b"{}").replace("v1=", "v0=")}),
     ]
     for outcome, event, signing in cases:
-        before = notices(shop, outcome)
+        before = shop.notices("stripe", outcome)
         read = stripe.notify(event, **signing)
         assert read and {status for status, _ in read} == {400}, (outcome, signing)
         assert json.loads(read[0][1])["error"]["code"] == outcome
-        assert notices(shop, outcome) == before + len(read), (outcome, signing)
+        assert shop.notices("stripe", outcome) == before + len(read), (outcome, signing)
     # A session that says it is not paid (an asynchronous payment still on its way) is taken
     # and acknowledged, so Stripe stops resending it; it pays nothing.
-    before = notices(shop, "not_paid")
+    before = shop.notices("stripe", "not_paid")
     assert stripe.notify(stripe.event(no, payment_status="unpaid")) == [(200, read_ok("not_paid"))]
-    assert notices(shop, "not_paid") == before + 1
+    assert shop.notices("stripe", "not_paid") == before + 1
     assert shop.view(order)["status"] == "pending"
     stripe.session_of(no).update(payment_intent=None, payment_status="unpaid")
     assert stripe.pay(no)[-1][0] == 200  # the genuine one still works
@@ -151,12 +140,12 @@ def test_events_that_are_none_of_ours_are_acknowledged_and_change_nothing(shop, 
     order = shop.order_with("stripe", seller[1])
     no = order["order_no"]
     stripe.session_of(no).update(payment_intent="pi_x", payment_status="paid")
-    before = notices(shop, "ignored")
+    before = shop.notices("stripe", "ignored")
     for event in (stripe.event(no, "payment_intent.succeeded"), stripe.event(no, "customer.created"),
                   stripe.event(no, client_reference_id=None, metadata={})):  # another app's session
         read = stripe.notify(event)
         assert len(read) == 1 and read[0][0] == 200 and json.loads(read[0][1])["outcome"] == "ignored", event["type"]
-    assert notices(shop, "ignored") == before + 3
+    assert shop.notices("stripe", "ignored") == before + 3
     # One of our sessions, malformed, is refused (Stripe keeps it visible on its dashboard).
     read = stripe.notify(stripe.event(no, amount_total=None))
     assert {s for s, _ in read} == {400} and json.loads(read[0][1])["error"]["code"] == "bad_notice"
@@ -167,11 +156,11 @@ def test_a_sandbox_order_cannot_be_paid_by_a_stripe_event(shop, seller, stripe):
     sandbox_order = shop.order_with("sandbox", seller[1])
     stripe_order = shop.order_with("stripe", seller[1])
     stripe.session_of(stripe_order["order_no"]).update(payment_intent="pi_y", payment_status="paid")
-    before = notices(shop, "wrong_provider")
+    before = shop.notices("stripe", "wrong_provider")
     read = stripe.notify(stripe.event(stripe_order["order_no"], client_reference_id=sandbox_order["order_no"],
                                       metadata={"order_no": sandbox_order["order_no"]}, amount_total=1234,
                                       currency=sandbox_order["currency"].lower()))
-    assert {s for s, _ in read} == {400} and notices(shop, "wrong_provider") == before + len(read)
+    assert {s for s, _ in read} == {400} and shop.notices("stripe", "wrong_provider") == before + len(read)
     assert shop.view(sandbox_order)["status"] == "pending"
 
 
@@ -180,10 +169,10 @@ def test_a_payment_intent_paying_one_order_cannot_pay_another(shop, seller, stri
     second = shop.order_with("stripe", seller[1])
     stripe.session_of(second["order_no"]).update(payment_intent=stripe.session_of(first["order_no"])["payment_intent"],
                                                   payment_status="paid")
-    before = notices(shop, "replay")
+    before = shop.notices("stripe", "replay")
     read = stripe.notify(stripe.event(second["order_no"]))
     assert read == [(200, read_ok("replay"))]  # acknowledged (it was applied once), never applied twice
-    assert notices(shop, "replay") == before + 1
+    assert shop.notices("stripe", "replay") == before + 1
     shop.drain()
     assert shop.view(second)["status"] == "pending"
 
@@ -204,21 +193,18 @@ def test_a_lost_event_is_found_by_the_query_job(shop, seller, stripe):
 
 def test_the_buyer_back_from_paying_triggers_the_query(shop, seller, stripe):
     order = shop.order_with("stripe", seller[1])
-    check = f"/delivery/v1/orders/{order['order_no']}/payment/check?token={order['access_token']}"
-    r = shop.delivery.post(check)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "pending"
     stripe.lose_notices = True
     stripe.pay(order["order_no"])
-    r = shop.delivery.post(check)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "delivered" and r.json["keys"]
 
 
 def test_refund_goes_through_the_api(shop, seller, stripe):
     merchant, pid = seller
     order = paid_order(shop, stripe, pid, quantity=2)
-    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"quantity": 1, "reason": "bad"},
-                           headers=merchant)
-    assert r.status_code == 201, r.json
+    shop.refund(order, merchant, quantity=1, reason="bad")
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["succeeded"]
     assert len(stripe.refunds) == 1
@@ -226,7 +212,7 @@ def test_refund_goes_through_the_api(shop, seller, stripe):
     assert sent["form"]["payment_intent"] == stripe.session_of(order["order_no"])["payment_intent"]
     assert sent["form"]["amount"] == "1234" and sent["form"]["metadata[order_no]"] == order["order_no"]
     assert sent["idempotency_key"] == sent["form"]["metadata[refund_no]"]
-    refunds = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"]
+    refunds = shop.refunds(order, merchant)
     assert refunds[0]["refund_no"] == sent["idempotency_key"]
 
 
@@ -234,14 +220,13 @@ def test_a_refused_refund_is_failed_visible_and_can_be_retried(shop, seller, str
     merchant, pid = seller
     order = paid_order(shop, stripe, pid)
     stripe.refuse_refunds = True
-    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"reason": "bad"}, headers=merchant)
+    shop.refund(order, merchant, reason="bad")
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["failed"]
-    failed = shop.delivery.get("/delivery/v1/refunds?status=failed", headers=shop.admin).json["refunds"]
+    failed = shop.failed_refunds()
     assert [f["order_no"] for f in failed] == [order["order_no"]] and "already been refunded" in failed[0]["error"]
     stripe.refuse_refunds = False
-    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refunds/{failed[0]['refund_id']}/retry",
-                           headers=merchant)
+    r = shop.retry_refund(order, failed[0]["refund_id"], merchant)
     assert r.status_code == 200 and r.json["status"] == "requested"
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["succeeded"] and len(stripe.refunds) == 1
@@ -251,9 +236,9 @@ def test_a_stripe_error_is_retried_with_backoff(shop, seller, stripe):
     merchant, pid = seller
     order = paid_order(shop, stripe, pid)
     stripe.fail_refunds = 1
-    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"reason": "bad"}, headers=merchant)
+    shop.refund(order, merchant, reason="bad")
     shop.jobs()
-    refunds = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"]
+    refunds = shop.refunds(order, merchant)
     assert refunds[0]["status"] == "requested" and refunds[0]["attempts"] == 1 and "HTTP 500" in refunds[0]["error"]
     assert stripe.refunds == [] and stripe.api_key not in refunds[0]["error"]
 

@@ -11,48 +11,29 @@ from services.delivery.payments import BadNotice, IgnoredNotice, NoticeRequest, 
 from shared.config import ConfigError
 from tests.kit.fakes.wechatpay import (MERCHANT_KEY, MERCHANT_SERIAL, OTHER_KEY, PLATFORM_KEY, PLATFORM_SERIAL,
                                        FakeWechatpay, private_pem, public_pem)
-from tests.kit.gateways import PayingShop
 
 pytestmark = pytest.mark.commits
 
 
 @pytest.fixture
-def wechat():
-    gateway = FakeWechatpay()
-    yield gateway
-    gateway.close()
+def gateway():
+    wechat = FakeWechatpay()
+    yield wechat
+    wechat.close()
 
 
 @pytest.fixture
-def shop(backend, tmp_path, wechat):
-    shop = PayingShop(tmp_path, backend, LINKSHOP_PAYMENT_QUERY_AFTER_S=0, LINKSHOP_PAYMENT_QUERY_EVERY_S=0,
-                      **wechat.env())
-    yield shop
-    shop.close()
+def wechat(gateway):
+    return gateway
 
 
 @pytest.fixture
-def seller(shop):
-    merchant, _ = shop.merchant()
-    pid = shop.product(merchant, title="月卡 & <Gold>", price_cents=1234)
-    shop.import_keys(merchant, pid, ["K1", "K2", "K3", "K4"])
-    return merchant, pid
+def shop(paying_shop):
+    return paying_shop
 
 
-def notices(shop, outcome):
-    return shop.metric("linkshop_payment_notices_total", provider="wechatpay", outcome=outcome)
-
-
-def check(shop, order, token=None):
-    return shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/payment/check"
-                              f"?token={token or order['access_token']}")
-
-
-def paid_order(shop, seller, wechat, quantity=1):
-    order = shop.order_with("wechatpay", seller[1], quantity=quantity)
-    assert wechat.pay(order["order_no"]) == [(204, "")]
-    shop.drain()
-    return order
+def paid_order(shop, wechat, product_id, quantity=1):
+    return shop.paid_order("wechatpay", wechat, product_id, [(204, "")], quantity)
 
 
 def test_native_prepay_is_signed_and_gives_the_qr_code(shop, seller, wechat):
@@ -70,25 +51,23 @@ def test_native_prepay_is_signed_and_gives_the_qr_code(shop, seller, wechat):
 
 
 def test_a_long_title_is_cut_to_127_bytes_between_characters(shop, wechat):
-    merchant, _ = shop.merchant()
-    pid = shop.product(merchant, title="点" * 60, price_cents=100)  # 180 bytes of UTF-8
-    shop.import_keys(merchant, pid, ["K1"])
+    _, pid = shop.seller(title="点" * 60, price_cents=100, keys=["K1"])  # 180 bytes of UTF-8
     order = shop.order_with("wechatpay", pid)
     assert wechat.payments[order["order_no"]]["description"] == "点" * 42  # 126 bytes
 
 
 def test_paid_notice_delivers_and_is_answered_204(shop, seller, wechat):
     order = shop.order_with("wechatpay", seller[1], quantity=2)
-    before = notices(shop, "delivered")
+    before = shop.notices("wechatpay", "delivered")
     assert wechat.pay(order["order_no"]) == [(204, "")]
     shop.drain()
     view = shop.view(order)
     assert view["status"] == "delivered" and len(view["keys"]) == 2
-    assert notices(shop, "delivered") == before + 1
+    assert shop.notices("wechatpay", "delivered") == before + 1
     # WeChat Pay resends: acknowledged again, nothing happens twice.
     url = wechat.payments[order["order_no"]]["notify_url"]
     assert wechat.notify(url, wechat.notice(order["order_no"])) == [(204, "")]
-    assert notices(shop, "replay") >= 1 and len(shop.view(order)["keys"]) == 2
+    assert shop.notices("wechatpay", "replay") >= 1 and len(shop.view(order)["keys"]) == 2
 
 
 def test_native_is_the_only_way_to_pay(shop, seller):
@@ -120,11 +99,11 @@ def test_forgeries_are_refused_counted_and_change_nothing(shop, seller, wechat):
     cases.append(("bad_signature", 401, (headers, body.replace(b'"TRANSACTION.SUCCESS"', b'"TRANSACTION.SUCCESZ"'))))
     cases.append(("bad_signature", 401, ({"Content-Type": "application/json"}, body)))  # unsigned
     for outcome, status, notice in cases:
-        before = notices(shop, outcome)
+        before = shop.notices("wechatpay", outcome)
         read = wechat.notify(url, notice)
         assert {s for s, _ in read} == {status}, (outcome, read)
         assert status == 204 or all(json.loads(text)["code"] == "FAIL" for _, text in read), outcome
-        assert notices(shop, outcome) == before + len(read), outcome
+        assert shop.notices("wechatpay", outcome) == before + len(read), outcome
     assert shop.view(order)["status"] == "pending"
     assert wechat.notify(url, wechat.notice(no)) == [(204, "")]  # the genuine one still works
     shop.drain()
@@ -136,22 +115,22 @@ def test_a_sandbox_order_cannot_be_paid_by_a_wechatpay_notice(shop, seller, wech
     wechat_order = shop.order_with("wechatpay", seller[1])
     wechat.payments[sandbox_order["order_no"]] = dict(wechat.payments[wechat_order["order_no"]], paid=True,
                                                       transaction_id="4200000000000000000000000002")
-    before = notices(shop, "wrong_provider")
+    before = shop.notices("wechatpay", "wrong_provider")
     read = wechat.notify(wechat.payments[wechat_order["order_no"]]["notify_url"],
                          wechat.notice(sandbox_order["order_no"]))
-    assert read[0][0] >= 400 and notices(shop, "wrong_provider") == before + len(read)
+    assert read[0][0] >= 400 and shop.notices("wechatpay", "wrong_provider") == before + len(read)
     assert shop.view(sandbox_order)["status"] == "pending"
 
 
 def test_a_transaction_id_paying_one_order_cannot_pay_another(shop, seller, wechat):
-    first = paid_order(shop, seller, wechat)
+    first = paid_order(shop, wechat, seller[1])
     second = shop.order_with("wechatpay", seller[1])
     wechat.payments[second["order_no"]].update(paid=True,
                                                transaction_id=wechat.payments[first["order_no"]]["transaction_id"])
-    before = notices(shop, "replay")
+    before = shop.notices("wechatpay", "replay")
     read = wechat.notify(wechat.payments[second["order_no"]]["notify_url"], wechat.notice(second["order_no"]))
     assert read == [(204, "")]  # acknowledged (it was applied once), never applied twice
-    assert notices(shop, "replay") == before + 1
+    assert shop.notices("wechatpay", "replay") == before + 1
     shop.drain()
     assert shop.view(second)["status"] == "pending"
 
@@ -169,19 +148,19 @@ def test_a_lost_notice_is_found_by_the_query_job(shop, seller, wechat):
 
 def test_the_buyer_back_from_paying_triggers_the_query(shop, seller, wechat):
     order = shop.order_with("wechatpay", seller[1])
-    r = check(shop, order)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "pending"  # NOTPAY
     wechat.lose_notices = True
     wechat.pay(order["order_no"])
-    r = check(shop, order)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "delivered" and r.json["keys"]
-    assert check(shop, order, token="wrong").status_code == 404
+    assert shop.check_payment(order, token="wrong").status_code == 404
 
 
 def test_an_order_the_gateway_never_saw_is_not_paid(shop, seller, wechat):
     order = shop.order_with("wechatpay", seller[1])
     del wechat.payments[order["order_no"]]  # ORDER_NOT_EXIST
-    r = check(shop, order)
+    r = shop.check_payment(order)
     assert r.status_code == 200 and r.json["status"] == "pending"
 
 
@@ -192,20 +171,18 @@ def test_answers_not_signed_by_wechat_pay_are_refused(shop, seller, wechat):
     assert r.status_code == 502 and r.json["error"]["code"] == "provider_unavailable"
     wechat.lose_notices = True
     wechat.pay(order["order_no"])
-    assert check(shop, order).status_code == 502  # a forged "paid" answer would look just like this
+    assert shop.check_payment(order).status_code == 502  # a forged "paid" answer would look just like this
     assert shop.view(order)["status"] == "pending"
     wechat.answer_key = PLATFORM_KEY
-    assert check(shop, order).json["status"] == "delivered"
+    assert shop.check_payment(order).json["status"] == "delivered"
 
 
 def test_refund_goes_through_the_gateway(shop, seller, wechat):
-    merchant, _ = seller
-    order = paid_order(shop, seller, wechat, quantity=2)
-    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"quantity": 1, "reason": "bad"},
-                           headers=merchant)
-    assert r.status_code == 201, r.json
+    merchant, pid = seller
+    order = paid_order(shop, wechat, pid, quantity=2)
+    shop.refund(order, merchant, quantity=1, reason="bad")
     shop.jobs()
-    refunds = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"]
+    refunds = shop.refunds(order, merchant)
     assert [x["status"] for x in refunds] == ["succeeded"]
     assert len(wechat.refunds) == 1
     sent = wechat.refunds[0]
@@ -214,29 +191,28 @@ def test_refund_goes_through_the_gateway(shop, seller, wechat):
 
 
 def test_a_refused_refund_is_failed_visible_and_can_be_retried(shop, seller, wechat):
-    merchant, _ = seller
-    order = paid_order(shop, seller, wechat)
+    merchant, pid = seller
+    order = paid_order(shop, wechat, pid)
     wechat.refuse_refunds = True
-    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"reason": "bad"}, headers=merchant)
+    shop.refund(order, merchant, reason="bad")
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["failed"]
-    failed = shop.delivery.get("/delivery/v1/refunds?status=failed", headers=shop.admin).json["refunds"]
+    failed = shop.failed_refunds()
     assert [f["order_no"] for f in failed] == [order["order_no"]] and failed[0]["error"].startswith("NOT_ENOUGH:")
     wechat.refuse_refunds = False
-    r = shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refunds/{failed[0]['refund_id']}/retry",
-                           headers=merchant)
+    r = shop.retry_refund(order, failed[0]["refund_id"], merchant)
     assert r.status_code == 200 and r.json["status"] == "requested"
     shop.jobs()
     assert shop.refund_status(order, merchant) == ["succeeded"] and len(wechat.refunds) == 1
 
 
 def test_a_gateway_error_is_retried_with_backoff(shop, seller, wechat):
-    merchant, _ = seller
-    order = paid_order(shop, seller, wechat)
+    merchant, pid = seller
+    order = paid_order(shop, wechat, pid)
     wechat.fail_refunds = 1
-    shop.delivery.post(f"/delivery/v1/orders/{order['order_no']}/refund", json={"reason": "bad"}, headers=merchant)
+    shop.refund(order, merchant, reason="bad")
     shop.jobs()
-    refunds = shop.delivery.get(f"/delivery/v1/orders/{order['order_no']}/refunds", headers=merchant).json["refunds"]
+    refunds = shop.refunds(order, merchant)
     assert refunds[0]["status"] == "requested" and refunds[0]["attempts"] == 1
     assert "HTTP 500 SYSTEM_ERROR" in refunds[0]["error"] and wechat.refunds == []
 
