@@ -519,12 +519,14 @@ def refund(session: Session, order: Order, quantity: int | None, reason: str, no
 # waits for a person (merchant or operator) to retry it.
 REFUND_BACKOFF_S = (10, 30, 60, 300, 900, 1800, 3600, 3600)
 REFUND_LEASE_S = 120  # a worker that died mid-call leaves the refund to be tried again after this
+REFUND_BATCH = 20
 
 
-def lease_due_refunds(session: Session, now: datetime, limit: int = 20) -> list[RefundRequest]:
-    """The refunds due to be sent, each leased to this caller for ``REFUND_LEASE_S`` (so two
-    workers do not send one at once) and counted as an attempt. The provider is called after
-    this transaction commits, never inside it."""
+def lease_due_refunds(session: Session, now: datetime,
+                      limit: int = REFUND_BATCH) -> list[tuple[str, RefundRequest]]:
+    """The refunds due to be sent, (provider, request) each, leased to this caller for
+    ``REFUND_LEASE_S`` (so two workers do not send one at once) and counted as an attempt.
+    The provider is called after this transaction commits, never inside it."""
     query = select(Refund).where(Refund.status == "requested", Refund.next_attempt_at <= now) \
         .order_by(Refund.next_attempt_at).limit(limit).with_for_update(skip_locked=True)  # SQLite: one writer anyway
     requests = []
@@ -535,9 +537,10 @@ def lease_due_refunds(session: Session, now: datetime, limit: int = 20) -> list[
         txn_id = session.scalar(select(Payment.txn_id).where(
             Payment.order_no == record.order_no, Payment.provider == record.provider, Payment.status == "applied")
             .order_by(Payment.id).limit(1))
-        requests.append(RefundRequest(refund_no=record.refund_no, order_no=record.order_no, txn_id=txn_id or "",
-                                      amount_cents=record.amount_cents, order_amount_cents=order.amount_cents,
-                                      currency=order.currency, reason=record.reason, payment_ref=order.payment_ref))
+        requests.append((record.provider, RefundRequest(
+            refund_no=record.refund_no, order_no=record.order_no, txn_id=txn_id or "",
+            amount_cents=record.amount_cents, order_amount_cents=order.amount_cents, currency=order.currency,
+            reason=record.reason, payment_ref=order.payment_ref)))
     return requests
 
 
@@ -584,13 +587,11 @@ def retry_refund(session: Session, record: Refund, now: datetime) -> None:
     record.refused = False
 
 
-def send_refunds(db, providers: dict, now_fn=utcnow, limit: int = 20) -> int:
+def send_refunds(db, providers: dict, now_fn=utcnow, limit: int = REFUND_BATCH) -> int:
     """Send the due refunds to their providers, one by one, outside any transaction."""
     with db.write() as session:
         due = lease_due_refunds(session, now_fn(), limit)
-    for request in due:
-        with db.read() as session:
-            provider_name = session.scalar(select(Refund.provider).where(Refund.refund_no == request.refund_no))
+    for provider_name, request in due:
         provider = providers.get(provider_name)
         result, error = None, None
         if provider is None:

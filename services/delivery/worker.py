@@ -50,7 +50,7 @@ def build_worker(settings: Settings, db: Database | None = None, config: Deliver
             domain.sync_stock(session, settings.stock_low_floor, now, weekly["sold"])
 
     def send_refunds():
-        while domain.send_refunds(db, providers) == 20:  # a backlog, in batches
+        while domain.send_refunds(db, providers) == domain.REFUND_BATCH:  # a backlog, in batches
             pass
 
     # Only providers with a gateway to ask (the sandbox has none).
