@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+from .config import ConfigError, settings_group
 
 BEIJING = timezone(timedelta(hours=8))  # Alipay's timestamps are Beijing time
 SUCCESS = "10000"
@@ -55,6 +59,39 @@ def load_private_key(value: str):
 def load_public_key(value: str):
     data, pem = _pem_or_der(value)
     return serialization.load_pem_public_key(data) if pem else serialization.load_der_public_key(data)
+
+
+@dataclass(frozen=True)
+class AlipaySettings:
+    """The shop's Alipay app, as both services read it from the same Secret: the keys never
+    show in a repr (or a log line)."""
+    gateway: str
+    app_id: str
+    private_key: str = field(repr=False)
+    public_key: str = field(repr=False)
+
+
+SETTINGS = ("GATEWAY", "APP_ID", "PRIVATE_KEY", "PUBLIC_KEY")
+
+
+def settings_from_env(env) -> AlipaySettings | None:
+    """``LINKSHOP_ALIPAY_GATEWAY``, ``_APP_ID``, ``_PRIVATE_KEY`` (the app's), ``_PUBLIC_KEY``
+    (Alipay's), all or none; None when none. The keys are loaded here, so a bad one stops the
+    start with a ``ConfigError`` naming the setting, never quoting the key."""
+    values = settings_group(env, "LINKSHOP_ALIPAY_", SETTINGS)
+    if values is None:
+        return None
+    for name, load, kind in (("PRIVATE_KEY", load_private_key, RSAPrivateKey),
+                             ("PUBLIC_KEY", load_public_key, RSAPublicKey)):
+        try:
+            key = load(values[name])
+        except Exception as exc:  # ValueError, OSError, UnsupportedAlgorithm...: unusable either way
+            raise ConfigError(f"LINKSHOP_ALIPAY_{name} is not a readable RSA key ({type(exc).__name__}): give PEM "
+                              "text, a path to a PEM file, or bare base64 as Alipay's key tool writes it "
+                              "(PKCS#8 or PKCS#1)") from None
+        if not isinstance(key, kind):
+            raise ConfigError(f"LINKSHOP_ALIPAY_{name} is not an RSA key: Alipay's RSA2 signs with RSA")
+    return AlipaySettings(values["GATEWAY"], values["APP_ID"], values["PRIVATE_KEY"], values["PUBLIC_KEY"])
 
 
 def content(params: dict, exclude=("sign",)) -> str:
@@ -104,10 +141,10 @@ def response_text(raw: str, key: str) -> str | None:
 
 
 class AlipayClient:
-    def __init__(self, gateway: str, app_id: str, private_key: str, alipay_public_key: str, http):
-        self.gateway, self.app_id, self._http = gateway, app_id, http
-        self._private = load_private_key(private_key)
-        self._alipay = load_public_key(alipay_public_key)
+    def __init__(self, settings: AlipaySettings, http):
+        self.gateway, self.app_id, self._http = settings.gateway, settings.app_id, http
+        self._private = load_private_key(settings.private_key)
+        self._alipay = load_public_key(settings.public_key)
 
     def signed(self, method: str, biz: dict, **extra) -> dict:
         params = {"app_id": self.app_id, "method": method, "format": "JSON", "charset": "utf-8",

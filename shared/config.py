@@ -145,6 +145,20 @@ def secret(name: str, env, generated: list[str] | None = None) -> str:
     return _dev_secrets(env)[name]
 
 
+def settings_group(env, prefix: str, names: tuple[str, ...]) -> dict[str, str] | None:
+    """Settings that only work together (a payment provider's), all or none: None when none
+    is set, ``ConfigError`` naming the missing ones when only some are (half a provider would
+    take payments it cannot verify, or sign what the provider refuses)."""
+    values = {n: (env.get(f"{prefix}{n}") or "").strip() for n in names}
+    present = [n for n, v in values.items() if v]
+    if not present:
+        return None
+    if len(present) != len(names):
+        missing = [f"{prefix}{n}" for n in names if not values[n]]
+        raise ConfigError(f"{', '.join(missing)} must be set too, or none of {prefix}*")
+    return values
+
+
 def load_settings(service: str, env: os._Environ | dict | None = None) -> Settings:
     env = os.environ if env is None else env
     if service not in SERVICES:

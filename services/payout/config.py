@@ -21,21 +21,12 @@ settings, refuses to start.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from shared.alipay import AlipaySettings, settings_from_env
 from shared.config import ConfigError, Settings
 
 PAYOUT_METHODS = ("sandbox", "alipay", "export")
-ALIPAY_SETTINGS = ("GATEWAY", "APP_ID", "PRIVATE_KEY", "PUBLIC_KEY")
-
-
-@dataclass(frozen=True)
-class AlipaySettings:
-    """Payout's half of the shop's Alipay app: the keys never show in a repr (or a log)."""
-    gateway: str
-    app_id: str
-    private_key: str = field(repr=False)
-    public_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -68,26 +59,6 @@ def _int(env, name: str, default: int, minimum: int = 0) -> int:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}")
     return value
-
-
-def _alipay_settings(env) -> AlipaySettings | None:
-    """All four or none (a half-configured app would sign what Alipay refuses, or trust
-    answers it cannot verify). The keys are read once here, so a bad one stops the start."""
-    from shared.alipay import load_private_key, load_public_key
-    values = {n: (env.get(f"LINKSHOP_ALIPAY_{n}") or "").strip() for n in ALIPAY_SETTINGS}
-    present = [n for n, v in values.items() if v]
-    if not present:
-        return None
-    if len(present) != len(ALIPAY_SETTINGS):
-        missing = [f"LINKSHOP_ALIPAY_{n}" for n in ALIPAY_SETTINGS if not values[n]]
-        raise ConfigError(f"{', '.join(missing)} must be set too, or none of LINKSHOP_ALIPAY_*")
-    for name, load in (("PRIVATE_KEY", load_private_key), ("PUBLIC_KEY", load_public_key)):
-        try:
-            load(values[name])
-        except Exception:  # never the key itself in the message
-            raise ConfigError(f"LINKSHOP_ALIPAY_{name} is not a readable RSA key (PEM, bare base64 or "
-                              f"a path to a PEM file)") from None
-    return AlipaySettings(values["GATEWAY"], values["APP_ID"], values["PRIVATE_KEY"], values["PUBLIC_KEY"])
 
 
 def _payout_method(settings: Settings, env, alipay: AlipaySettings | None, transfer_keys: bool) -> str:
@@ -131,7 +102,7 @@ def load_config(settings: Settings, env=None, transfer_keys: bool = True) -> Pay
         interval = float(env.get("LINKSHOP_RELEASE_INTERVAL_S", 5.0))
     except ValueError:
         raise ConfigError("LINKSHOP_RELEASE_INTERVAL_S must be a number") from None
-    alipay = _alipay_settings(env) if transfer_keys else None
+    alipay = settings_from_env(env) if transfer_keys else None
     method = _payout_method(settings, env, alipay, transfer_keys)
     return PayoutConfig(
         hold_seconds=hold,

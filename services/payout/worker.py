@@ -36,8 +36,7 @@ def alipay_transfers(config: PayoutConfig, http=None) -> AlipayTransfers:
     if http is None:
         import requests
         http = requests.Session()
-    a = config.alipay
-    return AlipayTransfers(AlipayClient(a.gateway, a.app_id, a.private_key, a.public_key, http))
+    return AlipayTransfers(AlipayClient(config.alipay, http))
 
 
 def build_worker(settings: Settings, db: Database | None = None, config: PayoutConfig | None = None,

@@ -20,10 +20,7 @@ def gateway():
 
 
 def client(gateway, **override):
-    env = gateway.env() | override
-    return alipay.AlipayClient(env["LINKSHOP_ALIPAY_GATEWAY"], env["LINKSHOP_ALIPAY_APP_ID"],
-                               env["LINKSHOP_ALIPAY_PRIVATE_KEY"], env["LINKSHOP_ALIPAY_PUBLIC_KEY"],
-                               requests.Session())
+    return alipay.AlipayClient(alipay.settings_from_env(gateway.env() | override), requests.Session())
 
 
 def test_a_signed_call_is_accepted_and_its_signed_answer_verified(gateway):
@@ -80,3 +77,15 @@ def test_keys_load_as_alipay_gives_them_pem_or_bare_base64_pkcs8_or_pkcs1():
             assert alipay.load_private_key(given).private_numbers() == key.private_numbers()
     public = alipay.load_public_key(public_pem_body(key))
     assert public.public_numbers() == key.public_key().public_numbers()
+
+
+def test_settings_are_all_or_none_and_a_bad_key_is_named_never_quoted(gateway):
+    from shared.config import ConfigError
+    assert alipay.settings_from_env({}) is None
+    env = gateway.env()
+    assert "PRIVATE KEY" not in repr(alipay.settings_from_env(env))
+    with pytest.raises(ConfigError, match="LINKSHOP_ALIPAY_PUBLIC_KEY must be set too"):
+        alipay.settings_from_env(env | {"LINKSHOP_ALIPAY_PUBLIC_KEY": ""})
+    with pytest.raises(ConfigError, match="LINKSHOP_ALIPAY_PRIVATE_KEY is not a readable RSA key") as refused:
+        alipay.settings_from_env(env | {"LINKSHOP_ALIPAY_PRIVATE_KEY": "bm90IGEga2V5"})
+    assert "bm90IGEga2V5" not in str(refused.value)

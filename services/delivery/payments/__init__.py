@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from shared.config import ConfigError
+from shared.config import settings_group as settings_of  # noqa: F401 (each provider's settings)
 
 
 class SignatureError(Exception):
@@ -198,19 +199,6 @@ def load_providers(settings, env=None, http=None) -> dict[str, Provider]:
 def default_http():
     import requests
     return requests.Session()
-
-
-def settings_of(env, prefix: str, names: tuple[str, ...]) -> dict[str, str] | None:
-    """A provider's settings, all or none: None when none is set, ``ConfigError`` when only
-    some are (a provider half configured would take payments it cannot verify)."""
-    values = {n: (env.get(f"{prefix}{n}") or "").strip() for n in names}
-    present = [n for n, v in values.items() if v]
-    if not present:
-        return None
-    if len(present) != len(names):
-        missing = [f"{prefix}{n}" for n in names if not values[n]]
-        raise ConfigError(f"{', '.join(missing)} must be set too, or none of {prefix}*")
-    return values
 
 
 def pem_setting(value: str) -> str:

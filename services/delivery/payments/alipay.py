@@ -24,13 +24,11 @@ this app, from the console: bare base64 or PEM).
 from __future__ import annotations
 
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from shared.alipay import SUCCESS, AlipayClient, AlipayUnavailable, load_private_key, load_public_key
-from shared.config import ConfigError
+from shared.alipay import SUCCESS, AlipayClient, AlipayUnavailable, settings_from_env
 
 from . import (Answer, BadNotice, Checkout, Notice, NoticeRequest, PaymentStart, Provider, ProviderError,
-               RefundRequest, RefundResult, SignatureError, cents, settings_of, yuan)
+               RefundRequest, RefundResult, SignatureError, cents, yuan)
 
 PAID = ("TRADE_SUCCESS", "TRADE_FINISHED")  # FINISHED: paid, and past the refund period
 BUSINESS_FAILED, UNAVAILABLE = "40004", "20000"
@@ -152,23 +150,6 @@ class AlipayProvider(Provider):
         raise ProviderError(f"alipay refund: {_why(answer)}")
 
 
-def _key(value: str, name: str, load, kind):
-    """A key loaded, or ``ConfigError`` naming the setting (never the key itself)."""
-    try:
-        key = load(value)
-    except Exception as exc:  # ValueError, OSError, UnsupportedAlgorithm...: the key is unusable either way
-        raise ConfigError(f"{name} is not a readable RSA key ({type(exc).__name__}): give PEM text, a path "
-                          "to a PEM file, or bare base64 as Alipay's key tool writes it (PKCS#8 or PKCS#1)") from None
-    if not isinstance(key, kind):
-        raise ConfigError(f"{name} is not an RSA key: Alipay's RSA2 signs with RSA")
-    return key
-
-
 def from_env(settings, env, http) -> AlipayProvider | None:
-    values = settings_of(env, "LINKSHOP_ALIPAY_", ("GATEWAY", "APP_ID", "PRIVATE_KEY", "PUBLIC_KEY"))
-    if values is None:
-        return None
-    _key(values["PRIVATE_KEY"], "LINKSHOP_ALIPAY_PRIVATE_KEY", load_private_key, RSAPrivateKey)
-    _key(values["PUBLIC_KEY"], "LINKSHOP_ALIPAY_PUBLIC_KEY", load_public_key, RSAPublicKey)
-    return AlipayProvider(AlipayClient(values["GATEWAY"], values["APP_ID"], values["PRIVATE_KEY"],
-                                       values["PUBLIC_KEY"], http))
+    alipay = settings_from_env(env)
+    return None if alipay is None else AlipayProvider(AlipayClient(alipay, http))
