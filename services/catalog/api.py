@@ -21,8 +21,10 @@ def merchant_view(m: Merchant) -> dict:
             "binding": domain.binding_of(m)}
 
 
-def product_view(p: Product) -> dict:
-    return {
+def product_view(p: Product, owner: bool = True) -> dict:
+    """``owner``: the product's merchant reads it; anyone else (a buyer, a distributor) does
+    not see its cost."""
+    view = {
         "id": p.id, "merchant_id": p.merchant_id, "title": p.title, "description": p.description,
         "instructions": p.instructions, "price_cents": p.price_cents, "cost_cents": p.cost_cents,
         "currency": p.currency, "max_per_order": p.max_per_order, "status": p.status,
@@ -31,6 +33,14 @@ def product_view(p: Product) -> dict:
         "stock_low": p.stock_low, "sold": p.sold_count - p.refunded_count,
         "created_at": p.created_at.isoformat(), "updated_at": p.updated_at.isoformat(),
     }
+    if not owner:
+        del view["cost_cents"]
+    return view
+
+
+def escape_like(text: str) -> str:
+    """A buyer's search words taken literally: % and _ are not wildcards here."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def current_merchant(session) -> Merchant:
@@ -159,7 +169,11 @@ def list_products():
             query = query.where(Product.status == "active")
         if args["merchant_id"]:
             query = query.where(Product.merchant_id == args["merchant_id"])
-        return jsonify(paginate(s, query.order_by(Product.created_at.desc(), Product.id), args, product_view))
+        if args["q"]:  # the storefront's search box: words in the title, any case
+            query = query.where(Product.title.ilike(f"%{escape_like(args['q'])}%", escape="\\"))
+        own = merchant.id if merchant is not None else None
+        return jsonify(paginate(s, query.order_by(Product.created_at.desc(), Product.id), args,
+                                lambda p: product_view(p, owner=p.merchant_id == own)))
 
 
 @bp.get("/products/<product_id>")
@@ -169,9 +183,20 @@ def get_product(product_id):
         product = s.get(Product, product_id)
         if product is None:
             raise not_found("product")
-        if product.status != "active":
-            token = bearer_token()
-            merchant = domain.merchant_for_key(s, token) if token else None
-            if merchant is None or merchant.id != product.merchant_id:
-                raise not_found("product")
-        return jsonify(product_view(product))
+        token = bearer_token()
+        merchant = domain.merchant_for_key(s, token) if token else None
+        owner = merchant is not None and merchant.id == product.merchant_id
+        if product.status != "active" and not owner:
+            raise not_found("product")
+        return jsonify(product_view(product, owner=owner))
+
+
+@bp.get("/shops/<merchant_id>")
+def get_shop(merchant_id):
+    """A merchant's public face, for its shop page: the name buyers see, nothing private."""
+    c = ctx()
+    with c.db.read() as s:
+        merchant = s.get(Merchant, merchant_id)
+        if merchant is None or merchant.status != "active":
+            raise not_found("shop")
+        return jsonify({"id": merchant.id, "name": merchant.name})

@@ -72,3 +72,4 @@ class ProductPatchSchema(Schema):
 
 class PageSchema(page_schema(per_page=20, max_per_page=100)):
     merchant_id = fields.Str(load_default=None)
+    q = fields.Str(load_default=None, validate=validate.Length(min=1, max=100))

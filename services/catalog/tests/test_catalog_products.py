@@ -162,8 +162,8 @@ def test_patch_auth_and_ownership(embedded, catalog, admin_headers, merchant, pr
 # -- GET ---------------------------------------------------------------------------------------
 
 def test_get_product(catalog, merchant, product):
-    got = catalog.get(f"{URL}/{product['id']}")
-    assert got.status_code == 200 and got.get_json() == product
+    got = catalog.get(f"{URL}/{product['id']}")  # a buyer: everything but the cost
+    assert got.status_code == 200 and got.get_json() == {k: v for k, v in product.items() if k != "cost_cents"}
     assert "stock" in got.get_json()
     assert_error(catalog.get(f"{URL}/prd_missing"), 404, "not_found")
 
@@ -234,3 +234,32 @@ def test_every_consumer_accepts_catalogs_events(embedded, catalog, merchant):
     catalog.post(f"/catalog/v1/merchants/{merchant['id']}/api-key", headers=bearer(key))
     embedded.hub.drain()
     assert {svc: len(bodies) for svc, bodies in embedded.bus.dead.items()} == dict.fromkeys(embedded.bus.dead, 0)
+
+
+def test_the_storefronts_search_finds_words_in_titles_literally(catalog, merchant):
+    key = merchant["api_key"]
+    for title in ("Steam 100 元卡", "steam wallet", "Netflix 月卡", "100% off_card"):
+        create_product(catalog, key, title=title)
+    found = lambda q: sorted(p["title"] for p in catalog.get("/catalog/v1/products", query_string={"q": q})
+                             .get_json()["items"])
+    assert found("STEAM") == ["Steam 100 元卡", "steam wallet"]
+    assert found("月卡") == ["Netflix 月卡"]
+    assert found("100%") == ["100% off_card"]  # % and _ are not wildcards
+    assert found("1_0") == []
+    assert_error(catalog.get("/catalog/v1/products?q="), 422)
+
+
+def test_a_shop_page_shows_the_merchants_name_and_nothing_private(catalog, merchant):
+    r = catalog.get(f"/catalog/v1/shops/{merchant['id']}")
+    assert r.status_code == 200 and r.get_json() == {"id": merchant["id"], "name": merchant["name"]}
+    assert_error(catalog.get("/catalog/v1/shops/m_nope"), 404)
+
+
+def test_a_products_cost_is_its_merchants_alone(catalog, merchant):
+    p = create_product(catalog, merchant["api_key"], price_cents=500, cost_cents=200)
+    other = create_merchant(catalog)
+    for headers in ({}, bearer(other["api_key"])):
+        assert "cost_cents" not in catalog.get(f"/catalog/v1/products/{p['id']}", headers=headers).get_json()
+        listed = catalog.get("/catalog/v1/products", headers=headers).get_json()["items"]
+        assert listed and all("cost_cents" not in item for item in listed)
+    assert catalog.get(f"/catalog/v1/products/{p['id']}", headers=bearer(merchant["api_key"])).get_json()["cost_cents"] == 200
