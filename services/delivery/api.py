@@ -19,10 +19,10 @@ from shared.openapi import documented
 from shared.web import ctx
 
 from . import domain, storage
-from .models import CardKey, KeyPool, Order, Product, Refund, idempotency
+from .models import CardKey, KeyPool, KeyReport, Order, Product, Refund, idempotency
 from .payments import BadNotice, Checkout, IgnoredNotice, NoticeRequest, ProviderError, SignatureError
-from .schemas import (KeyImportSchema, LookupSchema, OrderCreateSchema, OrderTokenSchema, RefundSchema,
-                      ReplaceSchema)
+from .schemas import (KeyImportSchema, KeyReportSchema, LookupSchema, OrderCreateSchema, OrderTokenSchema,
+                      RefundSchema, ReplaceSchema)
 
 bp = Blueprint("delivery", __name__, url_prefix="/delivery/v1")
 log = logging.getLogger("linkshop.delivery")
@@ -37,6 +37,7 @@ class SCHEMAS:
     ReplaceSchema = ReplaceSchema()
     RefundSchema = RefundSchema()
     OrderTokenSchema = OrderTokenSchema()
+    KeyReportSchema = KeyReportSchema()
 
 
 def _merchant_id(session, required: bool = True) -> str | None:
@@ -80,11 +81,13 @@ def _order_view(session, order: Order, with_keys: bool) -> dict:
         "refunds": [{"refund_id": r.id, "amount_cents": r.amount_cents, "quantity": r.quantity, "status": r.status}
                     for r in session.scalars(select(Refund).where(Refund.order_no == order.order_no)
                                              .order_by(Refund.id))] if order.refunded_cents else [],
+        "locale": order.locale,
     }
     if with_keys:
         delivered = order.delivered_at is not None
         view["keys"] = domain.reveal_keys(session, ctx().extra["vault"], order) if delivered else []
         view["instructions"] = (product.instructions if product else "") if delivered else ""
+        view["reports"] = domain.key_reports(session, order.order_no) if delivered else []
     return view
 
 
@@ -257,6 +260,41 @@ def replace_key(order_no):
     return jsonify({"order_no": order_no, "key_index": data["key_index"], "replaced": True})
 
 
+@bp.post("/orders/<order_no>/reports")
+@documented(body=KeyReportSchema, query=OrderTokenSchema)
+def report_key(order_no):
+    """The buyer reports a key that does not work (with the order's access token)."""
+    c = ctx()
+    data = load_json(SCHEMAS.KeyReportSchema)
+    load_args(SCHEMAS.OrderTokenSchema)
+    with c.db.write() as s:
+        order = _readable_order(s, order_no)
+        if request.args.get("token") is None:  # the merchant replaces keys; the buyer reports them
+            raise not_found("order")
+        s.refresh(order, with_for_update=True)
+        report = domain.report_key(s, order, data["key_index"], data["reason"], utcnow())
+        return jsonify({"report_id": report.id, "key_index": data["key_index"], "reason": report.reason,
+                        "status": report.status, "created_at": report.created_at.isoformat()}), 201
+
+
+@bp.get("/reports")
+def list_key_reports():
+    """The merchant's queue of bad-key reports, oldest first (``?status=open`` by default)."""
+    c = ctx()
+    status = request.args.get("status", "open")
+    with c.db.read() as s:
+        merchant_id = _merchant_id(s)
+        rows = s.scalars(select(KeyReport).where(KeyReport.merchant_id == merchant_id, KeyReport.status == status)
+                         .order_by(KeyReport.created_at).limit(500)).all()
+        by_order = {}
+        items = []
+        for r in rows:
+            if r.order_no not in by_order:
+                by_order[r.order_no] = {x["report_id"]: x for x in domain.key_reports(s, r.order_no)}
+            items.append({"order_no": r.order_no, **by_order[r.order_no][r.id]})
+        return jsonify({"reports": items})
+
+
 @bp.post("/orders/<order_no>/refund")
 @documented(body=RefundSchema)
 def refund_order(order_no):
@@ -362,6 +400,14 @@ def check_payment(order_no):
 
 
 # -- payments --------------------------------------------------------------------------------
+
+@bp.get("/payments/providers")
+def payment_providers():
+    """The ways to pay the operator enabled, the default first: the storefront's choices."""
+    providers = ctx().extra["providers"]
+    return jsonify({"providers": [{"name": name, "pay_types": list(p.pay_types)} for name, p in providers.items()],
+                    "default": next(iter(providers), None)})
+
 
 def _provider(name: str):
     provider = ctx().extra["providers"].get(name)

@@ -27,7 +27,7 @@ from shared.projection import merchant_for_token as projected_merchant_for_token
 from shared.projection import replace_key_hashes, upsert_newer
 
 from . import storage
-from .models import (CardKey, KeyPool, Merchant, MerchantKey, Order, OrderKey, Payment, Product, RateLimit, Refund,
+from .models import (CardKey, KeyPool, KeyReport, Merchant, MerchantKey, Order, OrderKey, Payment, Product, RateLimit, Refund,
                      StockState, outbox)
 from .payments import ProviderError, RefundRequest, RefundResult
 from .vault import Vault
@@ -169,6 +169,7 @@ def _new_order(terms, data: dict, client: dict, provider: str, now: datetime, se
         commission=terms.commission or {"levels_bps": [], "cap_bps": None},
         email=data["email"].strip().lower(), status="pending",
         provider=provider, pay_type=data.get("pay_type"), payment_ref=None, payment_checked_at=None,
+        locale=data.get("locale"),
         access_token_hash=hash_secret(token),
         query_password_hash=data.get("query_password_hash"),
         ref_code=data.get("ref_code"), buyer_user_id=data.get("buyer_user_id"),
@@ -467,6 +468,42 @@ def replace_key(session: Session, order: Order, key_index: int, now: datetime) -
     row.active = False
     session.get(CardKey, row.key_id).retired_at = now
     session.add(OrderKey(order_no=order.order_no, position=row.position, key_id=ids[0], reusable=False, active=True))
+    for report in session.scalars(select(KeyReport).where(KeyReport.order_no == order.order_no,
+                                                          KeyReport.position == row.position,
+                                                          KeyReport.status == "open")):
+        report.status, report.resolved_at = "replaced", now
+
+
+def report_key(session: Session, order: Order, key_index: int, reason: str, now: datetime) -> KeyReport:
+    """The buyer says a delivered key does not work: the merchant sees it (and is told by
+    ``delivery.key.reported``) and can replace the key, which closes the report."""
+    if order.status not in ("delivered", "partially_refunded"):
+        raise Conflict("only a delivered order's keys can be reported", code="not_delivered")
+    rows = active_keys(session, order.order_no)
+    if key_index >= len(rows):
+        raise Invalid("no such key in this order", {"key_index": [f"must be below {len(rows)}"]})
+    row = rows[key_index]
+    if session.scalar(select(KeyReport.id).where(KeyReport.order_no == order.order_no,
+                                                 KeyReport.position == row.position, KeyReport.status == "open")):
+        raise Conflict("this key is reported already; the merchant will answer", code="already_reported")
+    report = KeyReport(order_no=order.order_no, merchant_id=order.merchant_id, position=row.position,
+                       key_id=row.key_id, reason=reason, status="open", created_at=now)
+    session.add(report)
+    session.flush()
+    outbox.add(session, "delivery.key.reported", {
+        "report_id": report.id, "order_no": order.order_no, "merchant_id": order.merchant_id,
+        "product_id": order.product_id, "key_index": key_index, "reason": reason,
+        "reported_at": now.isoformat()}, order.order_no)
+    return report
+
+
+def key_reports(session: Session, order_no: str) -> list[dict]:
+    """An order's reports, each with the index of its key among the order's keys today."""
+    positions = [r.position for r in active_keys(session, order_no)]
+    return [{"report_id": r.id, "key_index": positions.index(r.position) if r.position in positions else None,
+             "reason": r.reason, "status": r.status, "created_at": r.created_at.isoformat(),
+             "resolved_at": r.resolved_at.isoformat() if r.resolved_at else None}
+            for r in session.scalars(select(KeyReport).where(KeyReport.order_no == order_no).order_by(KeyReport.id))]
 
 
 def refund(session: Session, order: Order, quantity: int | None, reason: str, now: datetime,

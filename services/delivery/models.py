@@ -105,6 +105,8 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(24))
     provider: Mapped[str] = mapped_column(String(32))
     pay_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The language the buyer ordered in (zh-CN, en): their e-mail speaks it too.
+    locale: Mapped[str | None] = mapped_column(String(8), nullable=True)
     # The provider's id of the payment it started, when later calls need it (Stripe's session).
     payment_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # When the provider was last asked about a payment whose notice has not come (掉单).
@@ -183,6 +185,24 @@ class Refund(Base):
     refused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     provider_refund_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class KeyReport(Base):
+    """A buyer's report that a delivered key does not work: ``open`` until the merchant
+    replaces the key (``replaced``) or answers otherwise. One open report per key."""
+    __tablename__ = "key_reports"
+    __table_args__ = (Index("ix_key_reports_order", "order_no", "position"),
+                      Index("ix_key_reports_merchant_open", "merchant_id", "created_at",
+                            postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(ForeignKey("orders.order_no"))
+    merchant_id: Mapped[str] = mapped_column(String(40))
+    position: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[int] = mapped_column(ForeignKey("card_keys.id"))
+    reason: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class StockState(Base):

@@ -1,6 +1,7 @@
 from marshmallow import Schema, fields, validate
 
 EMAIL = validate.Length(max=254)
+LOCALES = ("zh-CN", "en")  # the storefront's languages; an order's e-mail speaks the buyer's
 
 
 class KeyImportSchema(Schema):
@@ -19,6 +20,7 @@ class OrderCreateSchema(Schema):
     # (epay: alipay | wxpay; default: the provider's first).
     provider = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=32))
     pay_type = fields.Str(load_default=None, allow_none=True, validate=validate.Length(min=1, max=16))
+    locale = fields.Str(load_default="zh-CN", validate=validate.OneOf(LOCALES))
 
 
 class LookupSchema(Schema):
@@ -38,3 +40,8 @@ class RefundSchema(Schema):
 
 class OrderTokenSchema(Schema):
     token = fields.Str(required=True, validate=validate.Length(min=1, max=200))
+
+
+class KeyReportSchema(Schema):
+    key_index = fields.Int(required=True, strict=True, validate=validate.Range(min=0))
+    reason = fields.Str(required=True, validate=validate.Length(min=1, max=500))
