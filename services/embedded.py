@@ -8,20 +8,24 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.bus import MemoryBus
 from shared.config import ADMIN_TOKEN, GENERATED_SECRETS, SERVICES, load_settings
 from shared.worker import EmbeddedHub, retention_job
+from web.app import create_app as create_storefront
 
 log = logging.getLogger("linkshop.embedded")
 
 
 class PrefixDispatcher:
-    """Routes by the first path segment (``/delivery/...``) to that service's app, unchanged."""
+    """Routes by the first path segment (``/delivery/...``) to that service's app, unchanged;
+    any other path (``/``, ``/product/...``, ``/static/...``) to ``default``, the storefront."""
 
-    def __init__(self, apps: dict):
-        self.apps = apps
-        self.default = apps["catalog"]
+    def __init__(self, apps: dict, default=None):
+        # /metrics is the process's one registry, which every service app exposes: catalog's.
+        self.apps = {**apps, "metrics": apps["catalog"]}
+        self.default = default if default is not None else apps["catalog"]
 
     def __call__(self, environ, start_response):
         first = environ.get("PATH_INFO", "/").lstrip("/").split("/", 1)[0]
@@ -36,6 +40,7 @@ class Embedded:
     wsgi: PrefixDispatcher
     settings: dict
     configs: dict = field(default_factory=dict)  # a service's own settings, where it has a config module
+    web: Any = None  # the storefront (web/), at / ; not in ``apps``: it is no service and has no data
 
     @property
     def generated(self) -> tuple[str, ...]:
@@ -78,13 +83,15 @@ def build_embedded(env: dict | None = None, migrate: bool = True, bind_database=
         spec.jobs.append(retention_job(spec, settings[svc]))
         specs.append(spec)
     hub = EmbeddedHub(specs, bus)
-    return Embedded(apps=apps, hub=hub, bus=bus, wsgi=PrefixDispatcher(apps), settings=settings,
-                    configs=configs)
+    storefront = create_storefront()
+    return Embedded(apps=apps, hub=hub, bus=bus, wsgi=PrefixDispatcher(apps, default=storefront),
+                    settings=settings, configs=configs, web=storefront)
 
 
 def banner(embedded: Embedded, url: str) -> str:
     s = embedded.settings["catalog"]
-    lines = [f"Linkshop (embedded) on {url}", f"  data: {os.path.dirname(s.database_url.removeprefix('sqlite:///')) or '.'}/*.db, bus: in-process"]
+    lines = [f"Linkshop (embedded) on {url}", f"  storefront: {url}/  (order lookup: {url}/lookup)",
+             f"  data: {os.path.dirname(s.database_url.removeprefix('sqlite:///')) or '.'}/*.db, bus: in-process"]
     if embedded.generated:
         lines += ["", "  !!! DEV SECRETS: " + ", ".join(embedded.generated) + " were generated for this machine",
                   "  !!! (kept in var/dev-secrets.json). Never use them in production."]

@@ -1,0 +1,1 @@
+"""The storefront: static pages whose scripts call each service's API on the same origin."""
