@@ -30,7 +30,7 @@ let timer = null;
 let delay = FAST_MS;
 const startedAt = Date.now();
 const drafts = new Map(); // key index → {open, text}: a half-written report survives a redraw
-let reportNotice = "";
+let reportNotice = ""; // a string key: it is worded again after a language switch
 
 function statusWord(current) {
   if (current.status === "paid" && current.paid_at && Date.now() - Date.parse(current.paid_at) > REVIEW_AFTER_MS) {
@@ -96,7 +96,7 @@ function keysSection() {
   return el("section", { class: "delivered" },
     el("h2", { text: t("keys.title", { n: view.keys.length }) }),
     keyList(view.order_no, view.keys, { reportForm }),
-    reportNotice ? el("p", { class: "notice", role: "status", text: reportNotice }) : null,
+    reportNotice ? el("p", { class: "notice", role: "status", text: t(reportNotice) }) : null,
     view.instructions ? el("h2", { text: t("order.instructions") }) : null,
     view.instructions ? el("p", { class: "prose", text: view.instructions }) : null);
 }
@@ -140,7 +140,7 @@ function reportForm(index) {
     if (!answer.ok) return void (error.textContent = errorText(answer.error));
     drafts.delete(index);
     view = { ...view, reports: [...(view.reports || []), answer.data] };
-    reportNotice = t("report.sent");
+    reportNotice = "report.sent";
     draw(true);
     schedule();
   });
