@@ -92,8 +92,9 @@ def _order_view(session, order: Order, with_keys: bool) -> dict:
 
 
 def order_url(order_no: str, token: str) -> str:
-    """The buyer's page for an order (it carries the access token); payments return to it."""
-    return f"{ctx().settings.public_url}/delivery/v1/orders/{order_no}?token={quote(token)}"
+    """The buyer's page for an order, on the storefront (web/): it carries the access token,
+    and every payment returns the buyer to it."""
+    return f"{ctx().settings.public_url}/order/{order_no}?token={quote(token)}"
 
 
 def _choose_provider(data: dict):
@@ -203,11 +204,14 @@ def create_order():
 
 
 def _readable_order(session, order_no: str) -> Order:
-    """The order, to its buyer (access token) or its merchant; anyone else gets 404."""
+    """The order, to its buyer (the access token, or the link token of their e-mail) or its
+    merchant; anyone else gets 404."""
     order = session.get(Order, order_no)
     token = request.args.get("token")
     if order is not None:
         if token and secrets.compare_digest(hash_secret(token), order.access_token_hash):
+            return order
+        if token and ctx().extra["vault"].check_order_link(order.order_no, token):
             return order
         if not token and domain.merchant_for_token(session, bearer_token()) == order.merchant_id:
             return order
@@ -256,7 +260,7 @@ def replace_key(order_no):
         order = s.get(Order, order_no, with_for_update=True)
         if order is None or order.merchant_id != merchant_id:
             raise not_found("order")
-        domain.replace_key(s, order, data["key_index"], utcnow())
+        domain.replace_key(s, order, data["key_index"], utcnow(), mail=c.extra["mail"])
     return jsonify({"order_no": order_no, "key_index": data["key_index"], "replaced": True})
 
 
@@ -462,6 +466,7 @@ def payment_notify(provider_name):
 
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font-family:system-ui,sans-serif;max-width:36em;margin:3em auto;padding:0 1em}}
 code{{display:block;padding:.6em;margin:.4em 0;background:#f3f3f3;word-break:break-all}}
 button{{font-size:1.1em;padding:.5em 1.5em}}</style></head><body>{body}</body></html>"""
@@ -481,7 +486,7 @@ def sandbox_pay_page(order_no):
         body = provider.notice_body(order.order_no, order.amount_cents, order.currency,
                                     "sandbox-" + secrets.token_hex(8))
         _take_notice(provider, NoticeRequest("POST", body, {provider.header: provider.sign(body)}, {}))
-        return redirect(request.path + "?token=" + token, code=303)
+        return redirect(order_url(order.order_no, token), code=303)  # back to the shop, as a provider does
     e = html.escape
     amount = f"{view['amount_cents'] / 100:.2f} {e(view['currency'])}"  # display only, never stored
     parts = [f"<h1>Order {e(order_no)}</h1><p>{e(view['title'] or '')} × {view['quantity']}: {amount}</p>",
