@@ -32,7 +32,13 @@ export function productList(listNode, statusNode, moreButton) {
 
   async function fetchPage(next) {
     statusNode.textContent = t("list.loading");
-    const answer = await api("/catalog/v1/products", { query: { ...filters, page: next, per_page: PER_PAGE } });
+    let answer = await api("/catalog/v1/products", { query: { ...filters, page: next, per_page: PER_PAGE } });
+    if (!answer.ok && filters.q && answer.error.fields?.q) {
+      // A catalog without search yet refuses q: show everything rather than nothing.
+      const { q, ...rest } = filters;
+      filters = rest;
+      answer = await api("/catalog/v1/products", { query: { ...filters, page: next, per_page: PER_PAGE } });
+    }
     if (!answer.ok) {
       statusNode.textContent = errorText(answer.error);
       return false;
