@@ -7,6 +7,7 @@
 #                               is emptied first: stale files from a previous run would be
 #                               summed into the new one's metrics)
 #   worker <svc>                python -m services.<svc>.worker (one process: its own registry)
+#   web [gunicorn args]         gunicorn web.wsgi:app: the storefront's pages (no metrics, no state)
 #   migrate [svc ...]           python -m services.manage migrate
 #   anything else               executed as given (e.g. `sh` for debugging)
 set -eu
@@ -15,7 +16,7 @@ APP_DIR="${APP_DIR:-$(cd "$(dirname "$0")/.." && pwd)}"
 SERVICES="catalog delivery referral payout risk"
 
 usage() {
-    echo "usage: docker-entrypoint.sh api <service> | worker <service> | migrate [service ...]" >&2
+    echo "usage: docker-entrypoint.sh api <service> | worker <service> | web | migrate [service ...]" >&2
     echo "       services: $SERVICES" >&2
 }
 
@@ -46,6 +47,10 @@ case "$cmd" in
         export PROMETHEUS_MULTIPROC_DIR="$dir"
         cd "$APP_DIR"
         exec gunicorn --config "$APP_DIR/deploy/gunicorn.conf.py" "services.$svc.wsgi:app" "$@"
+        ;;
+    web)
+        cd "$APP_DIR"
+        exec gunicorn --config "$APP_DIR/deploy/gunicorn.conf.py" "web.wsgi:app" "$@"
         ;;
     worker)
         check_service "${1:-}"

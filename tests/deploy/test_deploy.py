@@ -410,7 +410,7 @@ def test_pods_are_hardened(overlay):
 def test_api_and_worker_deployments_per_service(overlay):
     docs = rendered(overlay)
     deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
-    assert set(deployments) == {f"{s}-{c}" for s in SERVICES for c in ("api", "worker")}
+    assert set(deployments) == {f"{s}-{c}" for s in SERVICES for c in ("api", "worker")} | {"web"}
     config_maps = {c["metadata"]["name"]: c for c in of_kind(docs, "ConfigMap")}
     conf = _gunicorn_conf()
     assert conf.worker_class == "gthread"
@@ -497,11 +497,12 @@ def test_services_ingress_and_podmonitor_reach_the_pods(overlay):
     docs = rendered(overlay)
     deployments = of_kind(docs, "Deployment")
     services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
-    assert set(services) == set(SERVICES)
+    assert set(services) == set(SERVICES) | {"web"}
     for name, svc in services.items():
         targets = [d for d in deployments if _selects({"matchLabels": svc["spec"]["selector"]},
                                                        d["spec"]["template"]["metadata"]["labels"])]
-        assert [d["metadata"]["name"] for d in targets] == [f"{name}-api"], f"Service {name} selects {targets}"
+        expected = "web" if name == "web" else f"{name}-api"
+        assert [d["metadata"]["name"] for d in targets] == [expected], f"Service {name} selects {targets}"
         (c,) = targets[0]["spec"]["template"]["spec"]["containers"]
         for port in svc["spec"]["ports"]:
             assert _container_port(c, port["targetPort"]), f"Service {name}: targetPort {port['targetPort']}"
@@ -513,13 +514,15 @@ def test_services_ingress_and_podmonitor_reach_the_pods(overlay):
             routes[path["path"]] = (path["pathType"], backend["name"])
             port_names = {p.get("name") for p in services[backend["name"]]["spec"]["ports"]}
             assert backend["port"].get("name") in port_names or "number" in backend["port"]
-    assert routes == {f"/{s}": ("Prefix", s) for s in SERVICES}
+    # Each service's prefix, and the storefront for every other path (the longest prefix wins).
+    assert routes == {f"/{s}": ("Prefix", s) for s in SERVICES} | {"/": ("Prefix", "web")}
     (monitor,) = of_kind(docs, "PodMonitor")
     spec = monitor["spec"]
     pods = {d["metadata"]["name"]: d["spec"]["template"] for d in deployments}
     pods.update({j["metadata"]["name"]: j["spec"]["template"] for j in of_kind(docs, "Job")})
     scraped = {n for n, t in pods.items() if _selects(spec["selector"], t["metadata"]["labels"])}
-    assert scraped == {d["metadata"]["name"] for d in deployments}, "the PodMonitor must scrape every API and worker, nothing else"
+    assert scraped == {d["metadata"]["name"] for d in deployments} - {"web"}, \
+        "the PodMonitor must scrape every API and worker (the storefront has no metrics), nothing else"
     for endpoint in spec["podMetricsEndpoints"]:
         assert endpoint["path"] == "/metrics"
         for n in scraped:
@@ -595,6 +598,9 @@ def test_every_pod_gets_the_secrets_its_service_requires(overlay):
     for d in of_kind(docs, "Deployment"):
         svc = d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
         (c,) = d["spec"]["template"]["spec"]["containers"]
+        if svc == "web":  # static pages: no secret at all
+            assert not [e for e in c.get("env", []) if "valueFrom" in e], "the storefront pod needs no secret"
+            continue
         env = _env(c)
         required = set(KERNEL_SECRETS[svc]) | {"BUS_URL", f"{svc.upper()}_DATABASE_URL"}
         if d["metadata"]["name"] == "delivery-api":
@@ -794,6 +800,10 @@ def test_entrypoint_worker_and_migrate(tmp_path):
     proc = _entrypoint(["migrate", "catalog", "risk"], tmp_path, bin_dir)
     assert proc.returncode == 0, proc.stderr
     assert record.read_text().splitlines()[0] == "cmd=python -m services.manage migrate catalog risk"
+    proc = _entrypoint(["web"], tmp_path, bin_dir)  # the storefront
+    assert proc.returncode == 0, proc.stderr
+    assert record.read_text().splitlines()[0].startswith("cmd=gunicorn --config ") and \
+        record.read_text().splitlines()[0].endswith("deploy/gunicorn.conf.py web.wsgi:app")
 
 
 def test_entrypoint_refuses_unknown_services_and_unsafe_dirs(tmp_path):
