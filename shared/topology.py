@@ -26,6 +26,7 @@ CONSUMES: dict[str, tuple[str, ...]] = {
     "delivery": (
         "catalog.merchant.upserted",
         "catalog.product.upserted",
+        "delivery.order.delivered",
         "risk.order.assessed",
     ),
     "referral": (

@@ -18,7 +18,7 @@ bp = Blueprint("catalog", __name__, url_prefix="/catalog/v1")
 
 def merchant_view(m: Merchant) -> dict:
     return {"id": m.id, "name": m.name, "email": m.email, "status": m.status, "fee_bps": m.fee_bps,
-            "binding": domain.binding_of(m)}
+            "binding": domain.binding_of(m), "mail_keys": m.mail_keys is not False}
 
 
 def product_view(p: Product, owner: bool = True) -> dict:
@@ -75,7 +75,8 @@ def get_own_merchant():
 @bp.patch("/merchants/me")
 @documented(body=MerchantPatchSchema)
 def patch_own_merchant():
-    """A merchant changes its own settings: today the referral binding rule of its shop."""
+    """A merchant changes its own settings: the referral binding rule of its shop, and
+    whether the buyer's e-mail carries the keys (``mail_keys``, default true) or only the link."""
     with ctx().db.write() as s:
         merchant_id = current_merchant(s).id
         return _patch_merchant(s, merchant_id)

@@ -26,13 +26,13 @@ def merchant_payload(session: Session, merchant: Merchant) -> dict:
         MerchantApiKey.merchant_id == merchant.id, MerchantApiKey.revoked_at.is_(None))).all()
     return {"merchant_id": merchant.id, "name": merchant.name, "status": merchant.status,
             "fee_bps": merchant.fee_bps, "api_key_hashes": sorted(hashes), "binding": binding_of(merchant),
-            "version": merchant.version}
+            "mail_keys": merchant.mail_keys is not False, "version": merchant.version}
 
 
 def create_merchant(session: Session, name: str, email: str, fee_bps: int) -> tuple[Merchant, str]:
     now = utcnow()
     merchant = Merchant(id=new_id("mer"), name=name, email=email.lower(), fee_bps=fee_bps,
-                        status="active", binding_mode="permanent", binding_lock_days=None, version=1,
+                        status="active", binding_mode="permanent", binding_lock_days=None, mail_keys=True, version=1,
                         created_at=now)
     api_key = new_api_key()
     session.add(merchant)
@@ -58,11 +58,17 @@ def rotate_api_key(session: Session, merchant: Merchant) -> str:
 
 def update_merchant(session: Session, merchant: Merchant, changes: dict) -> Merchant:
     """Referral applies the new binding rule to the bindings already made in this shop too
-    (their locks measured from when each was made), so it is announced like any change."""
+    (their locks measured from when each was made), so it is announced like any change;
+    delivery learns ``mail_keys`` (link-only e-mail) the same way."""
     binding = changes.get("binding")
-    if binding is None or binding == binding_of(merchant):
+    new_binding = binding is not None and binding != binding_of(merchant)
+    new_mail_keys = "mail_keys" in changes and changes["mail_keys"] != (merchant.mail_keys is not False)
+    if not (new_binding or new_mail_keys):
         return merchant  # no new version: every version is an event each projection applies
-    merchant.binding_mode, merchant.binding_lock_days = binding["mode"], binding["lock_days"]
+    if new_binding:
+        merchant.binding_mode, merchant.binding_lock_days = binding["mode"], binding["lock_days"]
+    if new_mail_keys:
+        merchant.mail_keys = changes["mail_keys"]
     merchant.version += 1
     session.flush()
     outbox.add(session, "catalog.merchant.upserted", merchant_payload(session, merchant), merchant.id)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from shared.db import UtcDateTime
 
@@ -31,6 +31,8 @@ class Merchant(Base):
     # "permanent", or "lock" for binding_lock_days, after which a new invite may rebind.
     binding_mode: Mapped[str] = mapped_column(String(16), default="permanent", server_default="permanent")
     binding_lock_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The buyer's e-mail carries the keys (True) or only the order link: delivery sends it.
+    mail_keys: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 

@@ -24,9 +24,20 @@ class BindingSchema(Schema):
             raise ValidationError("only with mode lock: a permanent binding has no period", "lock_days")
 
 
+class StrictBool(fields.Boolean):
+    """true or false, nothing that merely looks like one (0, "no")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class MerchantPatchSchema(Schema):
     """Only what is sent changes."""
     binding = fields.Nested(BindingSchema)
+    # The buyer's e-mail carries the keys (true, the default) or only the link to the order.
+    mail_keys = StrictBool()
 
 
 class CommissionSchema(Schema):

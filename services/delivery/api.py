@@ -260,7 +260,7 @@ def replace_key(order_no):
         order = s.get(Order, order_no, with_for_update=True)
         if order is None or order.merchant_id != merchant_id:
             raise not_found("order")
-        domain.replace_key(s, order, data["key_index"], utcnow(), mail=c.extra["mail"])
+        domain.replace_key(s, order, data["key_index"], utcnow())
     return jsonify({"order_no": order_no, "key_index": data["key_index"], "replaced": True})
 
 

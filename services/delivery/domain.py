@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -20,17 +21,20 @@ from sqlalchemy.orm import Session
 
 from shared import metrics
 from shared.auth import hash_secret
-from shared.db import after_commit
+from shared.db import InsertIgnoringConflicts, after_commit
 from shared.errors import Conflict, DomainError, Invalid, NotFound, OutOfStock, Unavailable
 from shared.events import utcnow
 from shared.projection import merchant_for_token as projected_merchant_for_token
 from shared.projection import replace_key_hashes, upsert_newer
 
 from . import storage
-from .models import (CardKey, KeyPool, KeyReport, Merchant, MerchantKey, Order, OrderKey, Payment, Product, RateLimit, Refund,
-                     StockState, outbox)
+from .mail import MailContent, MailError, compose, mails_total
+from .models import (CardKey, KeyPool, KeyReport, Mail, Merchant, MerchantKey, Order, OrderKey, Payment, Product, RateLimit,
+                     Refund, StockState, outbox)
 from .payments import ProviderError, RefundRequest, RefundResult
 from .vault import Vault
+
+log = logging.getLogger("linkshop.delivery.mail")
 
 PAID_STATUSES = ("paid", "awaiting_stock", "delivered", "partially_refunded")
 MAX_SECRET_LENGTH = 4096
@@ -48,7 +52,7 @@ def upsert_product(session: Session, p: dict) -> None:
 
 def upsert_merchant(session: Session, p: dict) -> None:
     if upsert_newer(session, Merchant, p["merchant_id"], p["version"], status=p["status"],
-                    fee_bps=p.get("fee_bps", 200)):
+                    fee_bps=p.get("fee_bps", 200), mail_keys=p.get("mail_keys", True)):
         replace_key_hashes(session, MerchantKey, p["merchant_id"], p["status"] == "active", p.get("api_key_hashes"))
 
 
@@ -454,6 +458,9 @@ def apply_risk_decision(session: Session, settings, payload: dict, now: datetime
 # -- after-sale ------------------------------------------------------------------------------
 
 def replace_key(session: Session, order: Order, key_index: int, now: datetime) -> None:
+    """The new key is mailed to the buyer who was mailed the order (a ``replacement`` mail,
+    written in this transaction, sent by the worker): the order's ``delivered`` mail says that
+    buyers get e-mail here, so the API needs no mail settings of its own."""
     if order.status not in ("delivered", "partially_refunded"):
         raise Conflict("only a delivered order's keys can be replaced", code="not_delivered")
     rows = active_keys(session, order.order_no)
@@ -467,7 +474,11 @@ def replace_key(session: Session, order: Order, key_index: int, now: datetime) -
         raise OutOfStock("no fresh key in stock to replace it with")
     row.active = False
     session.get(CardKey, row.key_id).retired_at = now
-    session.add(OrderKey(order_no=order.order_no, position=row.position, key_id=ids[0], reusable=False, active=True))
+    fresh = OrderKey(order_no=order.order_no, position=row.position, key_id=ids[0], reusable=False, active=True)
+    session.add(fresh)
+    if session.scalar(select(Mail.id).where(Mail.order_no == order.order_no, Mail.kind == "delivered")) is not None:
+        session.flush()
+        queue_mail(session, order.order_no, "replacement", now, ref=str(fresh.id))
     for report in session.scalars(select(KeyReport).where(KeyReport.order_no == order.order_no,
                                                           KeyReport.position == row.position,
                                                           KeyReport.status == "open")):
@@ -642,6 +653,118 @@ def send_refunds(db, providers: dict, now_fn=utcnow, limit: int = REFUND_BATCH) 
                 error = str(exc)
         with db.write() as session:
             record_refund_answer(session, request.refund_no, result, error, now_fn())
+    return len(due)
+
+
+# -- the buyer's e-mail ----------------------------------------------------------------------
+
+# After each failed attempt the next waits longer; past the last the mail is ``failed``.
+MAIL_BACKOFF_S = (10, 30, 120, 600, 1800, 3600, 7200)
+MAIL_LEASE_S = 120  # a worker that died mid-send leaves the mail to be tried again after this
+MAIL_BATCH = 20
+_QUEUE_MAIL = InsertIgnoringConflicts(Mail.__table__, ["order_no", "kind", "ref", "status", "attempts",
+                                                       "next_attempt_at", "created_at"],
+                                      key=["order_no", "kind", "ref"], returning=["id"])
+
+
+def queue_mail(session: Session, order_no: str, kind: str, now: datetime, ref: str = "") -> bool:
+    """Write a mail for the worker to send (``delivered``: the order's keys; ``replacement``:
+    the new key, ``ref`` its ``order_keys`` id). False: this mail was written already (the
+    unique order, kind and ref decide, not a look-up)."""
+    return _QUEUE_MAIL.execute(session, [{"order_no": order_no, "kind": kind, "ref": ref, "status": "queued",
+                                          "attempts": 0, "next_attempt_at": now, "created_at": now}]).first() is not None
+
+
+def order_link(public_url: str, vault: Vault, order_no: str) -> str:
+    """The buyer's order page, with the link token their e-mail carries (``Vault.order_link_token``)."""
+    return f"{public_url.rstrip('/')}/order/{order_no}?token={vault.order_link_token(order_no)}"
+
+
+def _mail_content(session: Session, vault: Vault, public_url: str, mail: Mail) -> MailContent | None:
+    """What the mail says (keys decrypted), or None when there is nothing to send any more
+    (a replaced key replaced again: the later mail carries the newer key)."""
+    order = session.get(Order, mail.order_no)
+    product = session.get(Product, order.product_id)
+    merchant = session.get(Merchant, order.merchant_id)
+    with_keys = merchant is None or merchant.mail_keys is not False
+    key_index = None
+    if mail.kind == "replacement":
+        row = session.get(OrderKey, int(mail.ref))
+        if row is None or not row.active:
+            return None
+        key_index = [r.id for r in active_keys(session, order.order_no)].index(row.id) + 1
+        keys = [vault.decrypt(order.product_id, session.get(CardKey, row.key_id).secret)] if with_keys else None
+    else:
+        keys = reveal_keys(session, vault, order) if with_keys else None
+    return MailContent(kind=mail.kind, mail_id=mail.id, order_no=order.order_no, to=order.email, locale=order.locale,
+                       title=product.title if product else order.product_id, quantity=order.quantity,
+                       instructions=(product.instructions or "") if product else "",
+                       link=order_link(public_url, vault, order.order_no), keys=keys, key_index=key_index)
+
+
+def lease_due_mails(session: Session, vault: Vault, sender: str, public_url: str, now: datetime,
+                    limit: int = MAIL_BATCH) -> list[tuple[int, str, str, object]]:
+    """The mails due, composed, (id, order_no, kind, message) each, leased to this caller for
+    ``MAIL_LEASE_S`` and counted as an attempt. Sent after this transaction commits."""
+    query = select(Mail).where(Mail.status == "queued", Mail.next_attempt_at <= now) \
+        .order_by(Mail.next_attempt_at).limit(limit).with_for_update(skip_locked=True)  # SQLite: one writer anyway
+    due = []
+    for mail in session.scalars(query).all():
+        mail.attempts += 1
+        mail.next_attempt_at = now + timedelta(seconds=MAIL_LEASE_S)
+        try:
+            content = _mail_content(session, vault, public_url, mail)
+        except Exception as exc:  # a key the vault cannot open: never the key or the message in the error
+            _mail_outcome(mail, f"could not compose: {type(exc).__name__}", now)
+            continue
+        if content is None:
+            mail.status, mail.last_error = "skipped", "the key was replaced again"
+            continue
+        due.append((mail.id, mail.order_no, mail.kind, compose(content, sender, now)))
+    return due
+
+
+def _mail_outcome(mail: Mail, error: str | None, now: datetime) -> str:
+    if error is None:
+        mail.status, mail.sent_at, mail.last_error = "sent", now, None
+    elif mail.attempts > len(MAIL_BACKOFF_S):
+        mail.status, mail.last_error = "failed", error[:300]
+    else:
+        mail.last_error = error[:300]
+        mail.next_attempt_at = now + timedelta(seconds=MAIL_BACKOFF_S[mail.attempts - 1])
+    return mail.status
+
+
+def record_mail_result(session: Session, mail_id: int, error: str | None, now: datetime) -> str:
+    """Sent (``error`` None), or to be tried again after the backoff, or ``failed`` after the
+    last attempt. Returns the mail's status."""
+    mail = session.get(Mail, mail_id, with_for_update=True)
+    if mail is None or mail.status != "queued":
+        return mail.status if mail else "unknown"
+    return _mail_outcome(mail, error, now)
+
+
+def send_mails(db, vault: Vault, transport, sender: str, public_url: str, now_fn=utcnow,
+               limit: int = MAIL_BATCH) -> int:
+    """Send the due mails one by one, outside any transaction. Logs the order number and the
+    outcome, never the message."""
+    with db.write() as session:
+        due = lease_due_mails(session, vault, sender, public_url, now_fn(), limit)
+    for mail_id, order_no, kind, message in due:
+        error = None
+        try:
+            transport.send(message)
+        except MailError as exc:
+            error = str(exc)
+        del message
+        with db.write() as session:
+            status = record_mail_result(session, mail_id, error, now_fn())
+        mails_total.labels(kind, status if status != "queued" else "retry").inc()
+        if error is None:
+            log.info("%s mail for order %s sent", kind, order_no)
+        else:
+            log.warning("%s mail for order %s not sent (%s): %s", kind, order_no,
+                        "will retry" if status == "queued" else status, error)
     return len(due)
 
 

@@ -1,12 +1,15 @@
 """What delivery handles. It publishes delivery.order.{created,paid,delivered,refunded} and
-delivery.stock.{changed,low} from domain.py, through the outbox."""
+delivery.stock.{changed,low} from domain.py, through the outbox, and consumes its own
+delivery.order.delivered to write the buyer's e-mail (sent by the worker's ``send_mails``)."""
 from shared.events import utcnow
 from shared.inbox import Handlers
 
 from . import domain
 
 
-def build_handlers(settings) -> Handlers:
+def build_handlers(settings, mail: bool = False) -> Handlers:
+    """``mail``: buyers get e-mail (SMTP, or files in embedded mode); without it a delivered
+    order writes no mail."""
     handlers = Handlers()
 
     @handlers.on("catalog.product.upserted")
@@ -20,5 +23,10 @@ def build_handlers(settings) -> Handlers:
     @handlers.on("risk.order.assessed")
     def on_risk_decision(session, event):
         domain.apply_risk_decision(session, settings, event["payload"], utcnow())
+
+    @handlers.on("delivery.order.delivered")
+    def on_delivered(session, event):
+        if mail:
+            domain.queue_mail(session, event["payload"]["order_no"], "delivered", utcnow())
 
     return handlers

@@ -53,6 +53,8 @@ class Merchant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     status: Mapped[str] = mapped_column(String(20))
     fee_bps: Mapped[int] = mapped_column(Integer)
+    # The buyer's e-mail carries the keys (True) or only the order link (the merchant's choice).
+    mail_keys: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     version: Mapped[int] = mapped_column(Integer)
 
 
@@ -203,6 +205,28 @@ class KeyReport(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Mail(Base):
+    """An e-mail to the buyer, written when an order is delivered (``delivered``) or a key is
+    replaced (``replacement``, ``ref``: the new key's ``order_keys`` id) and sent by the
+    worker with backoff: ``queued`` → ``sent`` | ``failed``. The body is composed when sent
+    (it holds keys) and never stored; ``last_error`` is the server's answer, never the body.
+    One mail per order, kind and ref: a redelivered event writes nothing."""
+    __tablename__ = "mails"
+    __table_args__ = (UniqueConstraint("order_no", "kind", "ref", name="uq_mails_order_kind"),
+                      Index("ix_mails_due", "next_attempt_at", postgresql_where=text("status = 'queued'"),
+                            sqlite_where=text("status = 'queued'")))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_no: Mapped[str] = mapped_column(ForeignKey("orders.order_no"))
+    kind: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class StockState(Base):

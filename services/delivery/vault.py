@@ -2,11 +2,13 @@
 
 Both keys are derived (HKDF) from ``LINKSHOP_VAULT_KEY``. Each ciphertext names the key it
 was sealed with and is bound to its product (associated data), so a row copied onto another
-product does not decrypt. To rotate: set the new key, list the old one in
+product does not decrypt. A third key signs the order links in buyers' e-mails
+(``order_link_token``). To rotate: set the new key, list the old one in
 ``LINKSHOP_VAULT_PREVIOUS_KEYS``, run ``python -m services.manage rotate-vault``, then drop it.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -31,6 +33,7 @@ class _Key:
         self.id = hashlib.sha256(encryption).digest()[:4]  # names the key, reveals nothing of it
         self.aead = AESGCM(encryption)
         self.fingerprint_key = _derive(secret, b"fingerprint")
+        self.link_key = _derive(secret, b"order-link")
 
 
 class Vault:
@@ -68,3 +71,22 @@ class Vault:
     @staticmethod
     def _fingerprint(key: _Key, product_id: str, secret: str) -> str:
         return hmac.new(key.fingerprint_key, f"{product_id}\0{secret}".encode(), hashlib.sha256).hexdigest()
+
+    def order_link_token(self, order_no: str) -> str:
+        """The token of an order's link in the buyer's e-mail: it reads the order as the access
+        token does. Only the access token's hash is stored, so the mail cannot carry that one;
+        this one is derived (HMAC-SHA256 of ``linkshop.order-link|<order_no>``) and stored nowhere."""
+        return self._link_token(self._current, order_no)
+
+    def check_order_link(self, order_no: str, token: str) -> bool:
+        """Constant-time, under every configured key: a rotation does not break the links
+        already mailed (until the old key is dropped)."""
+        ok = False
+        for key in self._keys.values():
+            ok |= hmac.compare_digest(self._link_token(key, order_no).encode(), token.encode())
+        return ok
+
+    @staticmethod
+    def _link_token(key: _Key, order_no: str) -> str:
+        digest = hmac.new(key.link_key, f"linkshop.order-link|{order_no}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

@@ -12,8 +12,10 @@ from . import domain
 from .app import SERVICE, open_database
 from .config import DeliveryConfig, load_config
 from .events import build_handlers
+from .mail import FileTransport, SmtpTransport
 from .models import inbox, outbox
 from .payments import Provider, ProviderError
+from .vault import Vault
 
 log = logging.getLogger("linkshop.delivery.worker")
 
@@ -22,11 +24,18 @@ SOLD_REFRESH_S = 300.0
 
 
 def build_worker(settings: Settings, db: Database | None = None, config: DeliveryConfig | None = None) -> WorkerSpec:
-    """The worker never opens the vault; it uses ``config`` for the payment providers: it
-    sends refunds to them and asks them about payments whose notice never came."""
-    config = config or load_config(settings, vault=False)
+    """``config``: the payment providers (the worker sends refunds to them and asks them about
+    payments whose notice never came), the vault key (it opens the vault to write the buyer's
+    e-mail, keys included) and where e-mail goes (``send_mails``)."""
+    config = config or load_config(settings)
     db = db or open_database(settings)
     providers = config.providers
+    transport = (SmtpTransport(config.smtp) if config.smtp is not None
+                 else FileTransport(config.mail_dir) if config.mail_dir is not None else None)
+    if transport is None:
+        log.warning("delivery worker: %s", config.mail_note)
+    else:
+        log.info("delivery worker: %s", config.mail_note)
 
     def expire():
         while True:  # a backlog after downtime is worked off in batches, each its own transaction
@@ -53,6 +62,12 @@ def build_worker(settings: Settings, db: Database | None = None, config: Deliver
         while domain.send_refunds(db, providers) == domain.REFUND_BATCH:  # a backlog, in batches
             pass
 
+    vault = Vault(config.vault_key, config.vault_previous_keys) if transport is not None else None
+
+    def send_mails():
+        while domain.send_mails(db, vault, transport, config.mail_from, settings.public_url) == domain.MAIL_BATCH:
+            pass
+
     # Only providers with a gateway to ask (the sandbox has none).
     queryable = [name for name, p in providers.items() if type(p).query is not Provider.query]
 
@@ -70,7 +85,9 @@ def build_worker(settings: Settings, db: Database | None = None, config: Deliver
             Job("forget_rate_windows", 300.0, forget_rate_windows), Job("send_refunds", 2.0, send_refunds)]
     if queryable:
         jobs.append(Job("recover_payments", 15.0, recover_payments))
-    return WorkerSpec(SERVICE, db, outbox, inbox, build_handlers(settings), jobs)
+    if transport is not None:
+        jobs.append(Job("send_mails", 2.0, send_mails))
+    return WorkerSpec(SERVICE, db, outbox, inbox, build_handlers(settings, mail=transport is not None), jobs)
 
 
 def main() -> None:

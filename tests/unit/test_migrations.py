@@ -100,7 +100,8 @@ def test_another_services_revision_in_the_plain_table_is_not_adopted(tmp_path):
             script = ScriptDirectory(str(migrations_dir(other)))
             assert _adopt_legacy_revision(conn, script, metadata_of(other), version_table(other)) is None, other
         script = ScriptDirectory(str(migrations_dir("catalog")))
-        assert _adopt_legacy_revision(conn, script, metadata_of("catalog"), version_table("catalog")) == "0003"
+        assert _adopt_legacy_revision(conn, script, metadata_of("catalog"), version_table("catalog")) \
+            == script.get_current_head()
     engine.dispose()
 
 
@@ -201,15 +202,17 @@ def test_a_new_revision_is_the_next_number_of_its_own_history(tmp_path, monkeypa
     copy = tmp_path / "migrations"
     shutil.copytree(migrations_dir("catalog"), copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(manage, "migrations_dir", lambda service: copy)
+    head = ScriptDirectory(str(copy)).get_current_head()
+    new = f"{int(head) + 1:04d}"
     manage_main(["revision", "catalog", "-m", "nothing yet", "--autogenerate"])
-    (path,) = [p for p in (copy / "versions").glob("0004_*.py")]
+    (path,) = [p for p in (copy / "versions").glob(f"{new}_*.py")]
     source = path.read_text()
-    assert path.name == "0004_nothing_yet.py"
-    assert "revision = '0004'" in source and "down_revision = '0003'" in source
+    assert path.name == f"{new}_nothing_yet.py"
+    assert f"revision = '{new}'" in source and f"down_revision = '{head}'" in source
     assert "alembic_version" not in source, "autogenerate leaves every version table alone"
     url = f"sqlite:///{tmp_path / 'catalog'}.db"
     manage.upgrade("catalog", url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert versions(conn, version_table("catalog")) == ["0004"]
+        assert versions(conn, version_table("catalog")) == [new]
     engine.dispose()

@@ -20,4 +20,4 @@ def test_every_handler_is_bound(service, tmp_path):
 def test_queue_names():
     assert topology.inbox_queue("delivery") == "delivery.inbox"
     assert topology.dead_queue("delivery") == "delivery.dead"
-    assert topology.consumers_of("delivery.order.delivered") == ["catalog", "referral", "payout", "risk"]
+    assert topology.consumers_of("delivery.order.delivered") == ["catalog", "delivery", "referral", "payout", "risk"]
