@@ -18,7 +18,9 @@ const SETTLED_REPORTS = new Set(["replaced", "resolved", "rejected", "dismissed"
 const FAST_MS = 2000;
 const FAST_FOR_MS = 60_000; // every 2 s while a payment is likely landing, then slower
 const SLOW_MAX_MS = 15_000;
-const REPORT_WATCH_MS = 30_000; // a reported key may be replaced by the merchant
+// A reported key may be replaced by the merchant: looked at again after 5 s, then less often.
+const REPORT_FIRST_MS = 5000;
+const REPORT_SLOW_MAX_MS = 60_000;
 // A paid order is normally delivered within a second; one still "paid" after this is being
 // reviewed (risk) — the view does not say so, the wait does.
 const REVIEW_AFTER_MS = 20_000;
@@ -173,7 +175,7 @@ function watching() {
 function schedule(failed = false) {
   clearTimeout(timer);
   if (missing || !watching()) return;
-  if (view && FINAL.has(view.status)) delay = REPORT_WATCH_MS;
+  if (view && FINAL.has(view.status)) delay = delay < REPORT_FIRST_MS ? REPORT_FIRST_MS : Math.min(delay * 1.5, REPORT_SLOW_MAX_MS);
   else if (failed) delay = Math.min(delay * 2, 30_000);
   else if (Date.now() - startedAt < FAST_FOR_MS) delay = FAST_MS;
   else delay = Math.min(delay * 1.5, SLOW_MAX_MS);
