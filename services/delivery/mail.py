@@ -8,6 +8,7 @@ the order number and the outcome.
 from __future__ import annotations
 
 import html
+import ipaddress
 import os
 import smtplib
 import ssl
@@ -81,10 +82,16 @@ class SmtpTransport:
                 client = smtplib.SMTP(s.host, s.port, timeout=self.timeout)
             with client:
                 client.ehlo()
+                secure = s.implicit_tls
                 if not s.implicit_tls and client.has_extn("starttls"):
                     client.starttls(context=ssl.create_default_context())
                     client.ehlo()
+                    secure = True
                 if s.user and client.has_extn("auth"):
+                    if not secure and not _loopback(s.host):
+                        # A server that offers no STARTTLS (or an attacker who stripped it)
+                        # would read the password: refuse, and say so in the mail's last_error.
+                        raise MailError(f"{s.host} offers no STARTTLS: the SMTP password is not sent in clear")
                     client.login(s.user, s.password or "")
                 client.send_message(message)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -95,6 +102,13 @@ class SmtpTransport:
             raise MailError(f"{type(exc).__name__} {exc.smtp_code} {words}"[:300]) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise MailError(f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class FileTransport:

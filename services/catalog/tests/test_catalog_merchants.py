@@ -22,7 +22,7 @@ def test_create_merchant(catalog, admin_headers):
     response = catalog.post(URL, json={"name": "Key Shop", "email": "Owner@Example.COM"}, headers=admin_headers)
     assert response.status_code == 201
     body = response.get_json()
-    assert set(body) == {"id", "name", "email", "status", "fee_bps", "binding", "api_key"}
+    assert set(body) == {"id", "name", "email", "status", "fee_bps", "binding", "mail_keys", "api_key"}
     assert body["binding"] == {"mode": "permanent", "lock_days": None}
     assert body["id"].startswith("mer_") and body["api_key"].startswith("lsk_")
     assert body["name"] == "Key Shop" and body["email"] == "owner@example.com"
@@ -86,6 +86,7 @@ def test_merchant_upserted_event(embedded, catalog, merchant):
     assert p["status"] == "active" and p["fee_bps"] == 200
     assert p["api_key_hashes"] == [sha256(merchant["api_key"])]
     assert p["binding"] == {"mode": "permanent", "lock_days": None}
+    assert p["mail_keys"] is True  # the buyer's e-mail carries the keys unless the merchant says otherwise
     assert "email" not in p  # not in the contract; other services have no need of it
     spec = next(s for s in embedded.hub.specs if s.service == "catalog")
     Relay(spec.db, spec.outbox, embedded.bus).run_once()
@@ -95,7 +96,7 @@ def test_merchant_upserted_event(embedded, catalog, merchant):
 
 def test_get_merchant(catalog, admin_headers, merchant):
     url = f"{URL}/{merchant['id']}"
-    expected = {k: merchant[k] for k in ("id", "name", "email", "status", "fee_bps", "binding")}
+    expected = {k: merchant[k] for k in ("id", "name", "email", "status", "fee_bps", "binding", "mail_keys")}
     assert catalog.get(url, headers=admin_headers).get_json() == expected
     assert catalog.get(url, headers=bearer(merchant["api_key"])).get_json() == expected
     other = create_merchant(catalog)

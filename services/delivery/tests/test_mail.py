@@ -335,3 +335,48 @@ def test_real_mode_without_smtp_queues_no_mail(caplog):
         def __getattr__(self, name):
             raise AssertionError("a delivered order writes no mail")
     build_handlers(None, mail=False).get("delivery.order.delivered")(Session(), {"payload": {"order_no": "1"}})
+
+
+# -- the SMTP conversation -------------------------------------------------------------------
+
+def _message():
+    from services.delivery.mail import MailContent, compose
+    return compose(MailContent(kind="delivered", mail_id=1, order_no="260101000000123456789012", to="b@example.com",
+                               locale="en", title="Card", quantity=1, instructions="", link="http://x/order/1?token=t",
+                               keys=["KEY-AUTH-0001"]), "Shop <shop@example.com>", utcnow())
+
+
+@pytest.fixture
+def smtp_auth():
+    """A server that takes mail only from mailer@shop with the password p:ss (no TLS: loopback)."""
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"mailer@shop", b"p:ss")
+        return AuthResult(success=ok)
+
+    inbox = SmtpInbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, authenticator=authenticate,
+                            auth_required=True, auth_require_tls=False)
+    controller.start()
+    inbox.port = port
+    yield inbox
+    controller.stop()
+
+
+# aiosmtpd warns of AUTH without TLS: this server is the test's own, on loopback.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_the_smtp_user_and_password_come_from_the_url(smtp_auth, monkeypatch):
+    from services.delivery import mail
+    from services.delivery.mail import MailError
+    good = SmtpTransport(parse_smtp_url(f"smtp://mailer%40shop:p%3Ass@127.0.0.1:{smtp_auth.port}"), timeout=5)
+    good.send(_message())
+    assert len(smtp_auth.messages) == 1 and "KEY-AUTH-0001" in _text(smtp_auth.messages[0][1])
+    with pytest.raises(MailError, match="530"):  # no credentials: the server wants them
+        SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{smtp_auth.port}"), timeout=5).send(_message())
+    # Anywhere but this machine, a password never crosses a connection without TLS.
+    monkeypatch.setattr(mail, "_loopback", lambda host: False)
+    with pytest.raises(MailError, match="STARTTLS"):
+        good.send(_message())
+    assert len(smtp_auth.messages) == 1
