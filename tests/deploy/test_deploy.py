@@ -559,7 +559,8 @@ def test_migrate_job_migrates_every_service_with_nothing_but_database_urls(overl
 
 # Which pod may see which secret key (docs/operations.md#secrets): what the process reads.
 SECRET_USERS = {
-    "LINKSHOP_VAULT_KEY": {"delivery-api"},
+    "LINKSHOP_VAULT_KEY": {"delivery-api", "delivery-worker"},  # the worker e-mails the keys
+    "LINKSHOP_SMTP_URL": {"delivery-worker"},
     "LINKSHOP_SANDBOX_SECRET": {"delivery-api"},
     **{name: {"delivery-api", "delivery-worker"} for name in (
         "LINKSHOP_EPAY_KEY", "LINKSHOP_WECHATPAY_PRIVATE_KEY", "LINKSHOP_WECHATPAY_APIV3_KEY",
@@ -584,7 +585,7 @@ def test_each_secret_is_mounted_only_where_it_is_used(overlay):
             for name in SECRET_USERS:
                 if name in refs:
                     seen[name].add(doc["metadata"]["name"])
-    assert seen["LINKSHOP_VAULT_KEY"] == {"delivery-api"}, "the vault key belongs in delivery's API pod alone"
+    assert seen["LINKSHOP_VAULT_KEY"] == {"delivery-api", "delivery-worker"}, "the vault key belongs to delivery alone"
     for name, users in SECRET_USERS.items():
         assert seen[name] == users, f"{name}: mounted in {sorted(seen[name])}, used by {sorted(users)}"
 
